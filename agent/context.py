@@ -1,0 +1,109 @@
+"""Runtime context: the settings of one run, shown by LangGraph Studio as a settings form."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from tools.embeddings import DEFAULT_CLIP_MODEL
+from tools.instruct_pix2pix import DEFAULT_MODEL_ID
+
+Profile = Literal["full", "offline"]
+PROFILES: tuple[str, ...] = ("full", "offline")
+
+
+def default_home() -> Path:
+    """Return the data folder: $RAGEDIT_HOME, else the platform's user data folder."""
+    configured = os.environ.get("RAGEDIT_HOME")
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("ragedit", appauthor=False))
+
+
+def _describe(text: str, **kwargs) -> dict:
+    return {"metadata": {"description": text}, **kwargs}
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Settings of one edit run."""
+
+    profile: Profile = field(
+        default="full",
+        **_describe(
+            "full: InstructPix2Pix editor and CLIP retrieval and critic (weights downloaded once). "
+            "offline: exact adjust edits only, MiniLM retrieval, image checks; needs no network."
+        ),
+    )
+    home: str = field(
+        default="",
+        **_describe("Data folder for artifacts and case libraries; empty means $RAGEDIT_HOME or the user data folder."),
+    )
+    editor_model: str = field(
+        default=DEFAULT_MODEL_ID,
+        **_describe("InstructPix2Pix weights: a Hugging Face model id or a local diffusers directory."),
+    )
+    clip_model: str = field(
+        default=DEFAULT_CLIP_MODEL,
+        **_describe("open_clip model name (ViT-B-32 with laion2b_s34b_b79k weights) or a local open_clip directory."),
+    )
+    device: str = field(default="", **_describe("Torch device for the models (cuda, mps, cpu); empty picks one."))
+    seed: int = field(default=0, **_describe("Seed of the first attempt; retries derive new seeds from it."))
+    steps: int = field(default=0, **_describe("Denoising steps of InstructPix2Pix; 0 takes them from retrieved cases."))
+    max_attempts: int = field(default=3, **_describe("Attempts per subtask before the critic gives up (at least 1)."))
+    max_side: int = field(
+        default=512,
+        **_describe("Longest side in pixels of the image InstructPix2Pix works on; the result is resized back."),
+    )
+    retrieval_k: int = field(default=5, **_describe("Number of similar past edits retrieved per subtask."))
+    min_change: float = field(
+        default=0.004,
+        **_describe("Minimum mean absolute pixel change (0 to 1) for an output to count as an edit."),
+    )
+    min_clip_image: float = field(
+        default=0.70,
+        **_describe("Minimum CLIP image similarity between input and output; lower means the edit changed too much."),
+    )
+    min_clip_text: float = field(
+        default=0.18,
+        **_describe("Minimum CLIP similarity between the output and the subtask's after-caption."),
+    )
+    min_clip_directional: float = field(
+        default=0.05,
+        **_describe(
+            "Minimum directional CLIP similarity (image change vs caption change); "
+            "real editors average about 0.08 to 0.14, so the default only rejects edits that went the wrong way."
+        ),
+    )
+    learn: bool = field(default=True, **_describe("Add accepted attempts to the case library at the end of the run."))
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"invalid profile {self.profile!r}: use one of {', '.join(PROFILES)}")
+        if self.max_attempts < 1:
+            raise ValueError(f"invalid max_attempts {self.max_attempts}: use 1 or more")
+        if self.steps < 0:
+            raise ValueError(f"invalid steps {self.steps}: use 1 or more, or 0 to take them from retrieved cases")
+        if self.max_side < 64:
+            raise ValueError(f"invalid max_side {self.max_side}: use 64 pixels or more")
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve() if self.home else default_home()
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.home_path / "artifacts"
+
+    @property
+    def case_library_dir(self) -> Path:
+        """Case library of this profile; each profile keeps its own because their embedders differ."""
+        return self.home_path / "cases" / self.profile
+
+
+def context_fields() -> list[str]:
+    return [item.name for item in fields(Context)]

@@ -1,0 +1,212 @@
+"""Critic policy: judge an attempt, and choose the next attempt's parameters when it is rejected.
+
+Hard checks (size, not blank, changed at all) mark an output invalid: it can never be kept. Soft checks (the adjust
+property moved the requested way, CLIP scores above their thresholds) only decide accept or retry; when every attempt
+fails them, the best valid attempt is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from agent.context import Context
+from agent.state import Attempt, RetrievedCase, Subtask, Verdict
+from tools.adjust import expected_direction, measure_property, output_size
+
+# Standard deviation of luminance (0 to 1) under which an output counts as constant: the safety checker's black
+# frame, or a NaN output from half precision decoded to zeros.
+BLANK_STD = 0.01
+# Minimum relative movement of a measured adjust property, so rounding noise never passes as an edit.
+MIN_RELATIVE_MOVE = 0.01
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """The critic's reading of one attempt."""
+
+    valid: bool
+    passed: bool
+    reason: str
+    scores: dict[str, float]
+    quality: float
+
+
+def judge_image(
+    subtask: Subtask,
+    params: dict[str, Any],
+    before: Image.Image,
+    after: Image.Image,
+    context: Context,
+    clip_scores: dict[str, float] | None = None,
+) -> Judgement:
+    """Run the image checks (and the CLIP checks when `clip_scores` is given) on one attempt's output."""
+    expected = _expected_size(subtask, params, before.size)
+    if after.size != expected:
+        return Judgement(False, False, f"output is {_size(after.size)}, expected {_size(expected)}", {}, -1.0)
+
+    after_pixels = np.asarray(after.convert("RGB"), dtype=np.float32) / 255.0
+    scores: dict[str, float] = {"luminance_std": float(after_pixels.mean(axis=2).std())}
+    if not np.isfinite(after_pixels).all() or scores["luminance_std"] < BLANK_STD:
+        return Judgement(False, False, "output is blank or nearly constant (a safety-checker or NaN output)", scores, -1.0)
+
+    if after.size == before.size:
+        before_pixels = np.asarray(before.convert("RGB"), dtype=np.float32) / 255.0
+        change = float(np.abs(after_pixels - before_pixels).mean())
+        scores["mean_change"] = change
+        if change < context.min_change and not _is_identity_allowed(subtask):
+            return Judgement(
+                True, False, f"mean pixel change {change:.4f} below {context.min_change}: the edit did nothing", scores, change
+            )
+
+    if subtask["tool"] == "adjust":
+        return _judge_adjust(subtask, params, before, after, scores)
+    return _judge_semantic(context, scores, clip_scores)
+
+
+def _size(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def _expected_size(subtask: Subtask, params: dict[str, Any], size: tuple[int, int]) -> tuple[int, int]:
+    if subtask["tool"] != "adjust":
+        return size
+    return output_size(size, params["operation"], params.get("amount"))
+
+
+def _is_identity_allowed(subtask: Subtask) -> bool:
+    # Cropping an already square photo or rotating by 360 degrees legitimately leaves the pixels unchanged.
+    return subtask["tool"] == "adjust" and subtask["operation"] in ("crop_square", "rotate")
+
+
+def _judge_adjust(
+    subtask: Subtask, params: dict[str, Any], before: Image.Image, after: Image.Image, scores: dict[str, float]
+) -> Judgement:
+    operation = params["operation"]
+    direction = expected_direction(operation, params.get("amount"))
+    if direction == 0:
+        return Judgement(True, True, f"{operation} applied exactly", scores, 1.0)
+
+    measured_before = measure_property(before, operation)
+    measured_after = measure_property(after, operation)
+    assert measured_before is not None and measured_after is not None
+    scores["measured_before"] = measured_before
+    scores["measured_after"] = measured_after
+    move = (measured_after - measured_before) * direction
+    scale = max(abs(measured_before), 1e-3)
+    word = "up" if direction > 0 else "down"
+    if move / scale < MIN_RELATIVE_MOVE:
+        reason = f"{operation} measured {measured_before:.3f} -> {measured_after:.3f}: did not move {word} enough"
+        return Judgement(True, False, reason, scores, move / scale)
+    reason = f"{operation} measured {measured_before:.3f} -> {measured_after:.3f} ({word} as requested)"
+    return Judgement(True, True, reason, scores, move / scale)
+
+
+def _judge_semantic(context: Context, scores: dict[str, float], clip_scores: dict[str, float] | None) -> Judgement:
+    if clip_scores is None:
+        return Judgement(True, True, "image checks passed (no CLIP model, so no semantic check)", scores, 0.0)
+
+    scores.update(clip_scores)
+    quality = clip_scores["clip_directional"] + clip_scores["clip_text"] + 0.5 * clip_scores["clip_image"]
+    if clip_scores["clip_image"] < context.min_clip_image:
+        reason = (
+            f"image similarity {clip_scores['clip_image']:.2f} below {context.min_clip_image:.2f}: "
+            "the edit changed too much"
+        )
+        return Judgement(True, False, reason, scores, quality)
+    if clip_scores["clip_directional"] < context.min_clip_directional:
+        reason = (
+            f"directional similarity {clip_scores['clip_directional']:.3f} below {context.min_clip_directional:.3f}: "
+            "the change does not follow the instruction"
+        )
+        return Judgement(True, False, reason, scores, quality)
+    if clip_scores["clip_text"] < context.min_clip_text:
+        reason = (
+            f"text similarity {clip_scores['clip_text']:.2f} below {context.min_clip_text:.2f}: "
+            "the result does not match the requested caption"
+        )
+        return Judgement(True, False, reason, scores, quality)
+    return Judgement(True, True, "image and CLIP checks passed", scores, quality)
+
+
+def verdict_for(judgement: Judgement, attempt_number: int, max_attempts: int) -> Verdict:
+    """Accept a passing attempt, retry a failing one while attempts remain, else give up."""
+    if judgement.passed:
+        return "accept"
+    if attempt_number < max_attempts:
+        return "retry"
+    return "give_up"
+
+
+def best_attempt(attempts: list[Attempt]) -> Attempt | None:
+    """Return the valid attempt with the highest quality, or None when no attempt produced a usable image."""
+    valid = [attempt for attempt in attempts if attempt["valid"] and attempt["image"] is not None]
+    if not valid:
+        return None
+    return max(valid, key=lambda attempt: attempt["quality"])
+
+
+# --- retry ladder -------------------------------------------------------------------------------------------------
+
+SEED_STRIDE = 7919
+GUIDANCE_STEP = 1.5
+IMAGE_GUIDANCE_STEP = 0.2
+MIN_IMAGE_GUIDANCE = 1.0
+MAX_GUIDANCE = 15.0
+
+
+def retry_params(
+    subtask: Subtask,
+    previous: list[dict[str, Any]],
+    retrieved: list[RetrievedCase],
+) -> dict[str, Any]:
+    """Choose the parameters of the next attempt; they always differ from every earlier attempt's.
+
+    InstructPix2Pix ladder: a new seed; then more text guidance and less image guidance; then the prompt of the best
+    retrieved case with the same tool; after that, new seeds with the last guidance. Adjust edits are exact, so a
+    retry scales the amount up by half.
+    """
+    last = dict(previous[-1])
+    retry_number = len(previous)  # 1 for the first retry
+
+    if subtask["tool"] == "adjust":
+        amount = last.get("amount")
+        if isinstance(amount, (int, float)) and amount != 0 and last["operation"] not in ("rotate",):
+            last["amount"] = round(amount * 1.5, 4)
+        return _ensure_new(last, previous)
+
+    if retry_number == 1:
+        last["seed"] = last["seed"] + SEED_STRIDE
+    elif retry_number == 2:
+        last["guidance_scale"] = min(MAX_GUIDANCE, round(last["guidance_scale"] + GUIDANCE_STEP, 3))
+        last["image_guidance_scale"] = max(MIN_IMAGE_GUIDANCE, round(last["image_guidance_scale"] - IMAGE_GUIDANCE_STEP, 3))
+        last["seed"] = last["seed"] + SEED_STRIDE
+    elif retry_number == 3:
+        rephrased = _rephrasing(subtask, retrieved)
+        if rephrased:
+            last["prompt"] = rephrased
+        last["seed"] = last["seed"] + SEED_STRIDE
+    else:
+        last["seed"] = last["seed"] + SEED_STRIDE
+    return _ensure_new(last, previous)
+
+
+def _rephrasing(subtask: Subtask, retrieved: list[RetrievedCase]) -> str | None:
+    for case in retrieved:
+        if case["tool"] == subtask["tool"] and case["instruction"].lower() != subtask["text"].lower():
+            return f"{subtask['text']} ({case['instruction']})"
+    return None
+
+
+def _ensure_new(params: dict[str, Any], previous: list[dict[str, Any]]) -> dict[str, Any]:
+    while params in previous:
+        if "seed" in params:
+            params["seed"] += SEED_STRIDE
+        elif isinstance(params.get("amount"), (int, float)):
+            params["amount"] = round(params["amount"] * 1.25 + 0.01, 4)
+        else:
+            params["retry"] = params.get("retry", 0) + 1
+    return params

@@ -1,0 +1,75 @@
+"""Per-process resources of a profile: the embedder, the case library and the artifact store.
+
+Models and indexes are loaded once per process and reused across runs and threads; the graph state only ever holds
+names and paths.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from importlib import resources as package_resources
+from pathlib import Path
+
+from agent.context import Context
+from tools.case_store import CaseStore
+from tools.embeddings import Embedder, load_clip_embedder, load_offline_embedder
+from tools.image_io import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_case_stores: dict[tuple[str, str], CaseStore] = {}
+
+
+def embedder_for(context: Context) -> Embedder:
+    """Return the profile's embedder: CLIP in the full profile, MiniLM offline."""
+    if context.profile == "offline":
+        return load_offline_embedder()
+    return load_clip_embedder(context.clip_model, device=context.device or None)
+
+
+def clip_for(context: Context) -> Embedder | None:
+    """Return the CLIP embedder used by the critic, or None in the offline profile."""
+    if context.profile == "offline":
+        return None
+    return load_clip_embedder(context.clip_model, device=context.device or None)
+
+
+def artifact_store(context: Context) -> ArtifactStore:
+    return ArtifactStore(context.artifact_dir)
+
+
+def starter_cases() -> list[dict]:
+    """Load the starter case library shipped with the package."""
+    text = package_resources.files("agent").joinpath("data/starter_cases.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def case_store(context: Context, embedder: Embedder) -> CaseStore:
+    """Open the profile's case library, creating it from the starter cases on first use."""
+    directory = context.case_library_dir
+    key = (str(directory), embedder.id)
+    with _lock:
+        store = _case_stores.get(key)
+        if store is None:
+            store = _open_or_seed(directory, embedder)
+            _case_stores[key] = store
+        return store
+
+
+def _open_or_seed(directory: Path, embedder: Embedder) -> CaseStore:
+    if CaseStore.exists(directory):
+        return CaseStore.open(directory, embedder.id, embedder.dim)
+
+    started = time.perf_counter()
+    cases = starter_cases()
+    store = CaseStore.create(directory, embedder.id, embedder.dim)
+    vectors = embedder.embed_texts([case["instruction"] for case in cases])
+    store.add(cases, vectors)
+    logger.info(
+        "indexed %d starter cases with %s in %.1f s at %s", len(cases), embedder.id, time.perf_counter() - started, directory
+    )
+    return store

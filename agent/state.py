@@ -1,0 +1,148 @@
+"""Graph state of an edit: the plan, every attempt and the image lineage, all JSON-native.
+
+Images never live in the state. They are PNG artifacts named by their sha256 (see `tools.image_io.ArtifactStore`), and
+the state holds `ImageRef`s, so checkpoints stay small and any checkpointer can store them without pickle.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, TypedDict
+
+from tools.image_io import ImageRef
+
+ToolName = Literal["adjust", "instruct_pix2pix"]
+Verdict = Literal["accept", "retry", "give_up"]
+SubtaskStatus = Literal["accepted", "failed", "skipped"]
+
+
+class Subtask(TypedDict):
+    """One step of the plan, routed to one tool."""
+
+    index: int
+    """Position in the plan, from 0."""
+    text: str
+    """The subtask as an instruction, for example "make the sky stormy"."""
+    tool: ToolName
+    operation: str | None
+    """The adjust operation (for example "brightness"); None for instruct_pix2pix."""
+    amount: float | None
+    """The adjust amount stated in the instruction ("30% brighter" is 0.3); None when the instruction gave none."""
+    before_caption: str
+    """A caption of the image before this subtask, for the directional CLIP check."""
+    after_caption: str
+    """A caption of the image after this subtask."""
+
+
+class RetrievedCase(TypedDict):
+    """A past edit found in the case library for the current subtask."""
+
+    case_id: str
+    instruction: str
+    tool: str
+    params: dict[str, Any]
+    score: float
+    """Cosine similarity between the subtask text and the case instruction, in [-1, 1]."""
+
+
+class Attempt(TypedDict):
+    """One run of a tool on one subtask, with the critic's verdict."""
+
+    subtask_index: int
+    number: int
+    """1 for the first attempt at a subtask, 2 for its first retry, and so on."""
+    tool: ToolName
+    params: dict[str, Any]
+    image: ImageRef | None
+    """The tool's output; None when the tool failed before producing an image."""
+    scores: dict[str, float]
+    verdict: Verdict
+    reason: str
+    valid: bool
+    """False when the output failed a hard check (wrong size, blank, unreadable) and must never be kept."""
+    quality: float
+    """Scalar used to pick the best attempt when every attempt is rejected; higher is better."""
+
+
+class SubtaskResult(TypedDict):
+    """Final outcome of one subtask."""
+
+    subtask_index: int
+    text: str
+    tool: ToolName
+    status: SubtaskStatus
+    reason: str
+    attempts: int
+    image: ImageRef | None
+    """The image kept for this subtask (the accepted or best attempt); None when skipped."""
+    retrieved: list[RetrievedCase]
+
+
+class Memory(TypedDict):
+    """What the edit has done so far, in words, for later instructions on the same thread."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    preserved: list[str]
+
+
+class InputState(TypedDict, total=False):
+    """The input form: the photo, the instruction, and where to write the result."""
+
+    image_path: str
+    """Path of the photo to edit (PNG, JPEG, WebP, BMP, TIFF or GIF)."""
+    instruction: str
+    """The edit in plain language, for example "make it brighter and add a rainbow"."""
+    output_path: str
+    """Where to write the edited photo; when empty, the result stays an artifact only."""
+    overwrite: bool
+    """Replace an existing file at output_path."""
+
+
+class EditState(TypedDict, total=False):
+    """The full state: input, plan, attempts, results and the image lineage."""
+
+    image_path: str
+    instruction: str
+    output_path: str
+    overwrite: bool
+
+    source: ImageRef
+    """The input photo after orientation and colour-mode normalisation."""
+    current: ImageRef
+    """The image that the next subtask edits."""
+    plan: list[Subtask]
+    preserve: list[str]
+    """Things the user asked to keep unchanged."""
+    subtask_index: int
+    """Index of the subtask in progress; len(plan) once every subtask is done."""
+    retrieved: list[RetrievedCase]
+    """Cases retrieved for the subtask in progress."""
+    next_params: dict[str, Any]
+    """Parameters for the next attempt at the subtask in progress."""
+    pending_attempt: dict[str, Any]
+    """The edit node's output awaiting the critic: {"image": ImageRef or None, "error": str, "editor_unavailable": bool}."""
+    attempts: Annotated[list[Attempt], operator.add]
+    """Every attempt of the run, appended in order."""
+    results: Annotated[list[SubtaskResult], operator.add]
+    lineage: Annotated[list[ImageRef], operator.add]
+    """Each image the edit passed through, from the source to the output."""
+    memory: Memory
+    output: ImageRef
+    written_path: str
+    """Absolute path of the written output file, when output_path was given."""
+    learned_cases: int
+    """Accepted attempts added to the case library by this run."""
+
+
+class OutputState(TypedDict, total=False):
+    """What a caller gets back."""
+
+    plan: list[Subtask]
+    preserve: list[str]
+    results: list[SubtaskResult]
+    attempts: list[Attempt]
+    output: ImageRef
+    written_path: str
+    memory: Memory
