@@ -143,6 +143,7 @@ class OutputState(TypedDict, total=False):
     preserve: list[str]
     results: list[SubtaskResult]
     attempts: list[Attempt]
+    lineage: list[ImageRef]
     output: ImageRef
     written_path: str
     memory: Memory

@@ -1,0 +1,112 @@
+"""The full profile through the real graph, with tiny random-weight InstructPix2Pix and open_clip models.
+
+The models are saved to a temporary folder and loaded by the same loaders users hit, so only the weights are fake.
+"""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agent.context import Context
+from graphs.edit import graph
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def full_context(tiny_ip2p_dir, tiny_clip_dir, tmp_path):
+    def make(**overrides):
+        settings = dict(
+            profile="full",
+            home=str(tmp_path / "home"),
+            editor_model=str(tiny_ip2p_dir),
+            clip_model=str(tiny_clip_dir),
+            max_side=64,
+            steps=2,
+            min_clip_image=-1.0,
+            min_clip_text=-1.0,
+            min_clip_directional=-1.0,
+        )
+        settings.update(overrides)
+        return Context(**settings)
+
+    return make
+
+
+def _run(image, instruction, context, output=None):
+    state = {"image_path": str(image), "instruction": instruction}
+    if output is not None:
+        state["output_path"] = str(output)
+    return graph.invoke(state, context=context)
+
+
+@pytest.mark.parametrize("name, size", [("cat.png", (451, 300)), ("rocket.jpg", (640, 427))])
+def test_output_keeps_input_size(full_context, tmp_path, name, size):
+    output = tmp_path / "out.png"
+    final = _run(DATA / name, "add a rainbow in the sky", full_context(), output)
+
+    assert final["results"][0]["status"] == "accepted"
+    assert final["output"]["width"] == size[0]
+    assert final["output"]["height"] == size[1]
+    assert Image.open(output).size == size
+
+
+def test_fixed_seed_reproducible(full_context, tmp_path):
+    first = _run(DATA / "cat.png", "turn the cat into a tiger", full_context(seed=5, home=str(tmp_path / "a")))
+    second = _run(DATA / "cat.png", "turn the cat into a tiger", full_context(seed=5, home=str(tmp_path / "b")))
+    other = _run(DATA / "cat.png", "turn the cat into a tiger", full_context(seed=6, home=str(tmp_path / "c")))
+
+    assert first["output"]["sha256"] == second["output"]["sha256"]
+    assert first["output"]["sha256"] != other["output"]["sha256"]
+
+
+def test_rejection_retries_with_new_params(full_context):
+    # A directional threshold above the maximum cosine similarity makes the critic reject every attempt.
+    final = _run(DATA / "cat.png", "make the cat wear a hat", full_context(min_clip_directional=1.01, max_attempts=3))
+    attempts = final["attempts"]
+
+    assert [attempt["verdict"] for attempt in attempts] == ["retry", "retry", "give_up"]
+    assert "directional similarity" in attempts[0]["reason"]
+    params = [attempt["params"] for attempt in attempts]
+    assert params[0]["seed"] != params[1]["seed"]
+    assert params[2]["guidance_scale"] > params[1]["guidance_scale"]
+    assert params[2]["image_guidance_scale"] < params[1]["image_guidance_scale"]
+
+
+def test_give_up_keeps_best_attempt(full_context):
+    final = _run(DATA / "cat.png", "make the cat wear a hat", full_context(min_clip_directional=1.01, max_attempts=2))
+    result = final["results"][0]
+    attempts = final["attempts"]
+    best = max(attempts, key=lambda attempt: attempt["quality"])
+
+    assert len(attempts) == 2
+    assert result["status"] == "failed"
+    assert result["image"]["sha256"] == best["image"]["sha256"]
+    assert final["output"]["sha256"] == best["image"]["sha256"]
+    assert f"kept attempt {best['number']}" in result["reason"]
+
+
+def test_clip_scores_recorded(full_context):
+    final = _run(DATA / "cat.png", "add a rainbow", full_context())
+    scores = final["attempts"][0]["scores"]
+
+    for name in ("clip_image", "clip_text", "clip_directional"):
+        assert -1.0 <= scores[name] <= 1.0
+
+
+def test_mixed_plan_uses_both_tools(full_context):
+    final = _run(DATA / "cat.png", "add a rainbow and make it 30% brighter", full_context())
+
+    assert [result["tool"] for result in final["results"]] == ["instruct_pix2pix", "adjust"]
+    assert [result["status"] for result in final["results"]] == ["accepted", "accepted"]
+    assert final["attempts"][1]["params"]["amount"] == pytest.approx(0.3)
+    assert len(final["lineage"]) == 3
+
+
+def test_missing_editor_weights_skip_subtask(full_context, tmp_path):
+    final = _run(DATA / "cat.png", "add a rainbow", full_context(editor_model=str(tmp_path / "no-such-model")))
+    result = final["results"][0]
+
+    assert result["status"] == "skipped"
+    assert "no-such-model" in result["reason"]
