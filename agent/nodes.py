@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 OFFLINE_EDITOR_REASON = (
     "needs the instruct_pix2pix editor, whose weights are not available in the offline profile; "
     "to get them, run with --profile full on a machine with network access "
-    f"(downloads {DEFAULT_MODEL_ID}, about 2.5 GB, once) or pass --profile full --editor-model DIR with a local copy"
+    f"(downloads {DEFAULT_MODEL_ID}, several GB, once) or pass --profile full --editor-model DIR with a local copy"
 )
 
 
