@@ -93,6 +93,9 @@ def edit(
     max_side: int = typer.Option(512, "--max-side", help="Longest side in pixels that InstructPix2Pix works at."),
     device: str = typer.Option("", "--device", help="Torch device (cuda, mps, cpu) [default: the fastest available]."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the plan and every attempt."),
+    contact_sheet: Optional[Path] = typer.Option(
+        None, "--contact-sheet", help="Write an image of the input and the result of each subtask side by side."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output or report file."),
     home: Optional[Path] = HomeOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
@@ -106,7 +109,7 @@ def edit(
         code = _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
             editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
-            overwrite=overwrite, home=home,
+            contact_sheet=contact_sheet, overwrite=overwrite, home=home,
         )
     except (UsageError, InstructionError, FileExistsError) as error:
         fail(str(error))
@@ -128,6 +131,8 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
 
     decompose(instruction)  # rejects an empty or oversized instruction before anything loads
     _check_paths(image, output, options["report"], options["overwrite"])
+    if options["contact_sheet"] is not None and options["contact_sheet"].exists() and not options["overwrite"]:
+        raise UsageError(f"contact sheet {options['contact_sheet']} exists; pass --overwrite to replace it")
     try:
         load_image(image)
     except ImageInputError as error:
@@ -156,7 +161,11 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
         from agent.report import write_json_atomic
 
         write_json_atomic(report_data, options["report"], overwrite=options["overwrite"])
-    _print_summary(report_data, options["report"])
+    if options["contact_sheet"]:
+        from agent.report import write_contact_sheet
+
+        write_contact_sheet(final, context.artifact_dir, options["contact_sheet"], overwrite=options["overwrite"])
+    _print_summary(report_data, options["report"], options["contact_sheet"])
     return EXIT_OK if all(item["status"] == "accepted" for item in report_data["subtasks"]) else EXIT_INCOMPLETE
 
 
@@ -266,7 +275,7 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
     return build(instruction, context, final)
 
 
-def _print_summary(report_data: dict[str, Any], report_path: Path | None) -> None:
+def _print_summary(report_data: dict[str, Any], report_path: Path | None, contact_sheet: Path | None) -> None:
     counts = {status: 0 for status in ("accepted", "failed", "skipped")}
     for item in report_data["subtasks"]:
         counts[item["status"]] += 1
@@ -279,6 +288,8 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None) -> Non
         typer.echo(f"Wrote {output['path']} ({output['width']}x{output['height']})")
     if report_path:
         typer.echo(f"Report: {report_path}")
+    if contact_sheet:
+        typer.echo(f"Steps: {contact_sheet}")
 
 
 def main() -> None:

@@ -85,3 +85,46 @@ def write_json_atomic(data: dict[str, Any], path: str | os.PathLike[str], *, ove
         Path(temp_name).unlink(missing_ok=True)
         raise
     return target
+
+
+CONTACT_SHEET_TILE_HEIGHT = 256
+CONTACT_SHEET_LABEL_HEIGHT = 22
+
+
+def write_contact_sheet(
+    final: dict[str, Any], artifact_root: str | os.PathLike[str], path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write the input and the image after each subtask side by side, each labelled, to one PNG or JPEG."""
+    from PIL import Image, ImageDraw
+
+    from tools.image_io import ArtifactStore, write_image_atomic
+
+    store = ArtifactStore(artifact_root)
+    tiles = [("input", final["source"])]
+    for result in final.get("results", []):
+        if result["image"] is not None:
+            tiles.append((f"{result['subtask_index'] + 1}. {result['text']} ({result['status']})", result["image"]))
+
+    images = [store.get(ref) for _, ref in tiles]
+    scaled = [
+        image.resize((max(1, round(image.width * CONTACT_SHEET_TILE_HEIGHT / image.height)), CONTACT_SHEET_TILE_HEIGHT))
+        for image in images
+    ]
+    sheet = Image.new(
+        "RGB",
+        (sum(image.width for image in scaled), CONTACT_SHEET_TILE_HEIGHT + CONTACT_SHEET_LABEL_HEIGHT),
+        (255, 255, 255),
+    )
+    draw = ImageDraw.Draw(sheet)
+    left = 0
+    for (label, _), image in zip(tiles, scaled):
+        sheet.paste(image, (left, CONTACT_SHEET_LABEL_HEIGHT))
+        draw.text((left + 4, 5), _fit_label(draw, label, image.width - 8), fill=(0, 0, 0))
+        left += image.width
+    return write_image_atomic(sheet, path, overwrite=overwrite)
+
+
+def _fit_label(draw: Any, label: str, width: int) -> str:
+    while label and draw.textlength(label) > width:
+        label = label[:-2] + "…" if len(label) > 2 else ""
+    return label
