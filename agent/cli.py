@@ -51,11 +51,18 @@ def fail(message: str, code: int = EXIT_USAGE) -> None:
 
 
 def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Log to stderr: warnings by default, and everything from INFO up with --verbose."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    if not verbose:
+        handler.addFilter(_drop_library_errors)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+def _drop_library_errors(record: logging.LogRecord) -> bool:
+    # open_clip logs a failed download on the root logger before raising; the CLI reports the raised error as one
+    # line, so the duplicate is shown only with --verbose.
+    return not (record.name == "root" and "open_clip" in record.pathname)
 
 
 @app.command()
@@ -100,7 +107,7 @@ def edit(
     home: Optional[Path] = HomeOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
 ) -> None:
-    """Edit IMAGE as INSTRUCTION says and write the result to OUTPUT."""
+    """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
     configure_logging(verbose)
     # Model libraries draw their own progress bars on stderr; the CLI shows its own progress instead.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -153,8 +160,10 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     }
     try:
         final = _stream_run(state_input, context)
-    except (ImageInputError, CaseStoreError, EmbedderUnavailableError) as error:
+    except (ImageInputError, CaseStoreError) as error:
         raise UsageError(str(error)) from None
+    except EmbedderUnavailableError as error:
+        raise UsageError(f"{error}; or run with --profile offline, which downloads nothing") from None
 
     report_data = build_report(instruction, context, final)
     if options["report"]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -104,6 +104,3 @@ class Context:
         """Case library of this profile; each profile keeps its own because their embedders differ."""
         return self.home_path / "cases" / self.profile
 
-
-def context_fields() -> list[str]:
-    return [item.name for item in fields(Context)]

@@ -1,8 +1,8 @@
 """Critic policy: judge an attempt, and choose the next attempt's parameters when it is rejected.
 
-Hard checks (size, not blank, changed at all) mark an output invalid: it can never be kept. Soft checks (the adjust
-property moved the requested way, CLIP scores above their thresholds) only decide accept or retry; when every attempt
-fails them, the best valid attempt is kept.
+Hard checks (the expected size, not blank) mark an output invalid, and an invalid output is never kept. Soft checks
+(changed enough, the adjust property moved the requested way, CLIP scores above their thresholds) decide between
+accept and retry. When every attempt fails them, the best valid attempt is kept.
 """
 
 from __future__ import annotations
@@ -165,9 +165,9 @@ def retry_params(
 ) -> dict[str, Any]:
     """Choose the parameters of the next attempt; they always differ from every earlier attempt's.
 
-    InstructPix2Pix ladder: a new seed; then more text guidance and less image guidance; then the prompt of the best
-    retrieved case with the same tool; after that, new seeds with the last guidance. Adjust edits are exact, so a
-    retry scales the amount up by half.
+    The InstructPix2Pix ladder: first a new seed, then more text guidance and less image guidance, then the wording
+    of the best retrieved case with the same tool, and after that new seeds with the last guidance. Adjust edits are
+    exact, so a retry scales the amount up by half.
     """
     last = dict(previous[-1])
     retry_number = len(previous)  # 1 for the first retry

@@ -18,7 +18,7 @@ from agent.context import Context
 from agent.decompose import decompose
 from agent.retrieval import first_params, to_retrieved
 from agent.state import Attempt, EditState, Memory, Subtask, SubtaskResult
-from tools.adjust import adjust
+from tools.adjust import AdjustError, adjust
 from tools.image_io import ImageRef, load_image, write_image_atomic
 from tools.instruct_pix2pix import DEFAULT_MODEL_ID, EditorUnavailableError, edit_image
 
@@ -120,8 +120,11 @@ def edit_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
     try:
         output = _run_tool(subtask, params, image, context)
     except EditorUnavailableError as error:
-        return {"pending_attempt": {"image": None, "error": str(error), "editor_unavailable": True}}
-    return {"pending_attempt": {"image": store.put(output), "error": "", "editor_unavailable": False}}
+        return {"pending_attempt": {"image": None, "error": str(error), "status": "skipped"}}
+    except AdjustError as error:
+        # An amount outside the operation's range ("make it 900% brighter") fails this subtask, not the run.
+        return {"pending_attempt": {"image": None, "error": str(error), "status": "failed"}}
+    return {"pending_attempt": {"image": store.put(output), "error": "", "status": ""}}
 
 
 def _run_tool(subtask: Subtask, params: dict[str, Any], image: Image.Image, context: Context) -> Image.Image:
@@ -157,8 +160,8 @@ def critique_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
 
     if pending["image"] is None:
         attempt = _attempt(subtask, number, params, None, {}, "give_up", pending["error"], False, -1.0)
-        result = _result(subtask, "skipped", pending["error"], number, None, state.get("retrieved", []))
-        _emit({"event": "verdict", "subtask": subtask["text"], "status": "skipped", "reason": pending["error"]})
+        result = _result(subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []))
+        _emit({"event": "verdict", "subtask": subtask["text"], "status": pending["status"], "reason": pending["error"]})
         return {"attempts": [attempt], "results": [result], "subtask_index": state["subtask_index"] + 1}
 
     judgement = _judge(state, subtask, params, pending["image"], context)

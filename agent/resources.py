@@ -1,6 +1,6 @@
 """Per-process resources of a profile: the embedder, the case library and the artifact store.
 
-Models and indexes are loaded once per process and reused across runs and threads; the graph state only ever holds
+Models and indexes are loaded once per process and reused across runs and threads. The graph state contains only
 names and paths.
 """
 

@@ -9,7 +9,7 @@ from agent.state import RetrievedCase, Subtask
 from tools.adjust import DEFAULT_AMOUNTS
 
 DEFAULT_IP2P_PARAMS: dict[str, Any] = {"guidance_scale": 7.5, "image_guidance_scale": 1.5, "steps": 20}
-# Cases less similar than this to the subtask say too little about it to shape its parameters.
+# Cases less similar than this to the subtask are too far from it to shape its parameters.
 MIN_CASE_SCORE = 0.5
 
 
@@ -30,7 +30,7 @@ def to_retrieved(matches: list[tuple[dict, float]]) -> list[RetrievedCase]:
 def first_params(subtask: Subtask, retrieved: list[RetrievedCase], context: Context) -> dict[str, Any]:
     """Choose the first attempt's parameters: the instruction's own values, then close cases, then defaults.
 
-    Each parameter records its origin under "sources" so the report can say where it came from.
+    Each parameter records its origin under "sources", and the report shows it.
     """
     close = [case for case in retrieved if case["score"] >= MIN_CASE_SCORE and case["tool"] == subtask["tool"]]
     if subtask["tool"] == "adjust":

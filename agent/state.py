@@ -1,7 +1,7 @@
 """Graph state of an edit: the plan, every attempt and the image lineage, all JSON-native.
 
 Images never live in the state. They are PNG artifacts named by their sha256 (see `tools.image_io.ArtifactStore`), and
-the state holds `ImageRef`s, so checkpoints stay small and any checkpointer can store them without pickle.
+the state contains `ImageRef`s, so checkpoints stay small and any checkpointer can store them without pickle.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class SubtaskResult(TypedDict):
 
 
 class Memory(TypedDict):
-    """What the edit has done so far, in words, for later instructions on the same thread."""
+    """Record of what the edit added, removed, changed and preserved, for later instructions on the same thread."""
 
     added: list[str]
     removed: list[str]
@@ -95,7 +95,7 @@ class InputState(TypedDict, total=False):
     instruction: str
     """The edit in plain language, for example "make it brighter and add a rainbow"."""
     output_path: str
-    """Where to write the edited photo; when empty, the result stays an artifact only."""
+    """Output file for the edited photo. When empty, the result stays an artifact only."""
     overwrite: bool
     """Replace an existing file at output_path."""
 
@@ -122,7 +122,10 @@ class EditState(TypedDict, total=False):
     next_params: dict[str, Any]
     """Parameters for the next attempt at the subtask in progress."""
     pending_attempt: dict[str, Any]
-    """The edit node's output awaiting the critic: {"image": ImageRef or None, "error": str, "editor_unavailable": bool}."""
+    """The edit node's output awaiting the critic: {"image": ImageRef or None, "error": str, "status": str}.
+
+    When the tool produced no image, "status" is the subtask's final status ("skipped" when the editor is unavailable,
+    "failed" for invalid parameters) and "error" the reason."""
     attempts: Annotated[list[Attempt], operator.add]
     """Every attempt of the run, appended in order."""
     results: Annotated[list[SubtaskResult], operator.add]
@@ -137,7 +140,7 @@ class EditState(TypedDict, total=False):
 
 
 class OutputState(TypedDict, total=False):
-    """What a caller gets back."""
+    """Result returned to a caller: the plan, the attempts and results, and the output image."""
 
     plan: list[Subtask]
     preserve: list[str]

@@ -165,3 +165,13 @@ def test_full_profile_with_tiny_models(tmp_path, tiny_ip2p_dir, tiny_clip_dir):
     assert statuses[1] == "accepted"
     assert "clip_directional" in data["subtasks"][0]["attempts"][0]["scores"]
     assert Image.open(output).size == (451, 300)
+
+
+def test_out_of_range_amount_fails_subtask(tmp_path, home):
+    output = tmp_path / "out.png"
+    result = ragedit("edit", CAT, "make it 900% brighter and add a vignette", "-o", output, "--profile", "offline",
+                     home=home)
+
+    assert result.returncode == 3
+    assert "failed: make it 900% brighter: invalid amount 9" in result.stdout
+    assert Image.open(output).size == (451, 300)
