@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tools import case_store
+from tools.adjust import ADJUST_OPERATIONS
 from tools.case_store import (
     CaseStore,
     CaseStoreError,
@@ -21,21 +22,6 @@ from tools.case_store import (
 DIM = 16
 EMBEDDER = "test-embedder"
 STARTER_CASES = Path(__file__).resolve().parents[1] / "agent" / "data" / "starter_cases.jsonl"
-ADJUST_OPERATIONS = {
-    "brightness",
-    "contrast",
-    "saturation",
-    "warmth",
-    "black_and_white",
-    "sepia",
-    "blur",
-    "sharpen",
-    "rotate",
-    "flip_horizontal",
-    "flip_vertical",
-    "crop_square",
-    "vignette",
-}
 OPERATIONS_WITHOUT_AMOUNT = {"flip_horizontal", "flip_vertical", "crop_square"}
 
 FilledStore = tuple[CaseStore, np.ndarray, list[str]]
@@ -551,7 +537,7 @@ def test_starter_adjust_cases_valid() -> None:
     adjust_cases = [case for case in load_starter_cases() if case["tool"] == "adjust"]
     operations = {case["params"]["operation"] for case in adjust_cases}
 
-    assert operations == ADJUST_OPERATIONS
+    assert operations == set(ADJUST_OPERATIONS)
     for case in adjust_cases:
         params = case["params"]
         assert params["operation"] in ADJUST_OPERATIONS, case
