@@ -132,7 +132,7 @@ def edit(
 
 
 def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> int:
-    from tools.image_io import ImageInputError, load_image
+    from tools.image_io import ImageInputError
     from tools.case_store import CaseStoreError
     from tools.embeddings import EmbedderUnavailableError
 
@@ -140,10 +140,6 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     _check_paths(image, output, options["report"], options["overwrite"])
     if options["contact_sheet"] is not None and options["contact_sheet"].exists() and not options["overwrite"]:
         raise UsageError(f"contact sheet {options['contact_sheet']} exists; pass --overwrite to replace it")
-    try:
-        load_image(image)
-    except ImageInputError as error:
-        raise UsageError(str(error)) from None
 
     try:
         context = _make_context(options)

@@ -192,7 +192,12 @@ def _judge(
     if clip is not None and before.size == after.size:
         from tools.clip_scores import score_edit
 
-        clip_scores = dict(score_edit(clip, before, after, subtask["before_caption"], subtask["after_caption"]))
+        source_embedding = resources.image_embedding(clip, state["current"], before)
+        clip_scores = dict(
+            score_edit(
+                clip, before, after, subtask["before_caption"], subtask["after_caption"], source_embedding=source_embedding
+            )
+        )
     return critic.judge_image(subtask, params, before, after, context, clip_scores)
 
 

@@ -10,18 +10,25 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from importlib import resources as package_resources
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from agent.context import Context
 from tools.case_store import CaseStore
 from tools.embeddings import Embedder, load_clip_embedder, load_offline_embedder
-from tools.image_io import ArtifactStore
+from tools.image_io import ArtifactStore, ImageRef
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _case_stores: dict[tuple[str, str], CaseStore] = {}
+# Image embeddings by (embedder id, artifact sha256): the critic embeds a subtask's input image once, not per attempt.
+_image_embeddings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+MAX_CACHED_IMAGE_EMBEDDINGS = 256
 
 
 def embedder_for(context: Context) -> Embedder:
@@ -73,3 +80,20 @@ def _open_or_seed(directory: Path, embedder: Embedder) -> CaseStore:
         "indexed %d starter cases with %s in %.1f s at %s", len(cases), embedder.id, time.perf_counter() - started, directory
     )
     return store
+
+
+def image_embedding(embedder: Embedder, ref: ImageRef, image: Image.Image) -> np.ndarray:
+    """Return the embedding of an artifact image, computing it only the first time it is asked for."""
+    key = (embedder.id, ref["sha256"])
+    with _lock:
+        cached = _image_embeddings.get(key)
+        if cached is not None:
+            _image_embeddings.move_to_end(key)
+            return cached
+
+    vector = embedder.embed_images([image])[0]
+    with _lock:
+        _image_embeddings[key] = vector
+        while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
+            _image_embeddings.popitem(last=False)
+    return vector

@@ -3,11 +3,13 @@
 The models are saved to a temporary folder and loaded by the same loaders users hit, so only the weights are fake.
 """
 
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from agent import resources
 from agent.context import Context
 from graphs.edit import graph
 
@@ -110,3 +112,22 @@ def test_missing_editor_weights_skip_subtask(full_context, tmp_path):
 
     assert result["status"] == "skipped"
     assert "no-such-model" in result["reason"]
+
+
+def test_source_embedded_once_per_subtask(full_context, monkeypatch):
+    from tools.embeddings import ClipEmbedder
+
+    embedded = []
+    original = ClipEmbedder.embed_images
+
+    def counting(self, images):
+        embedded.append(len(images))
+        return original(self, images)
+
+    monkeypatch.setattr(ClipEmbedder, "embed_images", counting)
+    # Start from an empty cache, since earlier tests in this process may have embedded the same photo.
+    monkeypatch.setattr(resources, "_image_embeddings", OrderedDict())
+    final = _run(DATA / "rocket.jpg", "make the rocket red", full_context(min_clip_directional=1.01, max_attempts=3))
+
+    assert len(final["attempts"]) == 3
+    assert sum(embedded) == 1 + 3
