@@ -283,7 +283,7 @@ def _learn(state: EditState, context: Context) -> int:
     for text, attempt, vector in zip(texts, accepted, vectors):
         params = _public(attempt["params"])
         nearest = case_store.search(vector, 1)
-        if nearest and nearest[0][1] > 0.98 and nearest[0][0].get("params") == params:
+        if nearest and _is_near_duplicate(nearest[0][0], nearest[0][1], attempt["tool"], params):
             record = nearest[0][0]
             case_store.update(record["id"], {"successes": int(record.get("successes", 0)) + 1})
             continue
@@ -304,6 +304,15 @@ def _learn(state: EditState, context: Context) -> int:
 
         case_store.add(records, np.stack(new_vectors))
     return len(records)
+
+
+# A learned case this close to an existing one with the same tool and operation counts as a repeat of it.
+NEAR_DUPLICATE_SCORE = 0.98
+
+
+def _is_near_duplicate(record: dict, score: float, tool: str, params: dict[str, Any]) -> bool:
+    same_operation = record.get("params", {}).get("operation") == params.get("operation")
+    return score >= NEAR_DUPLICATE_SCORE and record.get("tool") == tool and same_operation
 
 
 # --- records ------------------------------------------------------------------------------------------------------
