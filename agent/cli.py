@@ -65,20 +65,75 @@ def _drop_library_errors(record: logging.LogRecord) -> bool:
     return not (record.name == "root" and "open_clip" in record.pathname)
 
 
+LLMOption = typer.Option(
+    None, "--llm", help="Decompose with a chat model, PROVIDER:MODEL (openai:gpt-4o-mini, ollama:llama3, ...) or "
+    "llamacpp:/path/model.gguf; falls back to the rules on any model failure [default: the rules decomposer]."
+)
+
+
 @app.command()
 def plan(
-    instruction: str = typer.Argument(..., help="The edit in plain language."),
+    instruction: Optional[str] = typer.Argument(None, help="The edit in plain language."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+    eval_file: Optional[Path] = typer.Option(
+        None, "--eval", help="Score the decomposer on a JSON Lines file of labelled instructions instead."
+    ),
+    llm: Optional[str] = LLMOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log the chat model's failures in detail."),
 ) -> None:
     """Decompose an instruction into subtasks and things to preserve, without editing."""
+    configure_logging(verbose)
     try:
-        result = decompose(instruction)
+        planner = _planner(llm)
+    except UsageError as error:
+        fail(str(error))
+    if eval_file is not None:
+        if instruction is not None:
+            fail("give either an INSTRUCTION or --eval FILE, not both")
+        _evaluate_plans(eval_file, planner)
+        return
+    if instruction is None:
+        fail("missing INSTRUCTION: give the edit in quotes, or --eval FILE to score labelled instructions")
+
+    try:
+        result = planner(instruction)
     except InstructionError as error:
         fail(str(error))
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
         return
     _print_plan(result.subtasks, result.preserve)
+
+
+def _planner(llm: str | None) -> Any:
+    """Return the decompose function: the rules, or a chat model with the rules as fallback."""
+    if not llm:
+        return decompose
+    from agent.llm_plan import LLMPlanError, decompose_with_llm
+    from agent.resources import chat_model
+
+    try:
+        model = chat_model(llm)
+    except LLMPlanError as error:
+        raise UsageError(str(error)) from None
+    return lambda instruction: decompose_with_llm(instruction, model)
+
+
+def _evaluate_plans(path: Path, planner: Any) -> None:
+    from agent.plan_eval import EvalFileError, evaluate, load_cases
+
+    try:
+        cases = load_cases(path)
+    except EvalFileError as error:
+        fail(str(error), EXIT_INTERNAL)
+    outcomes = evaluate(cases, planner)
+    for outcome in outcomes:
+        if not outcome.passed:
+            typer.echo(f"FAIL line {outcome.line}: {outcome.instruction}")
+            typer.echo(f"  {outcome.reason}")
+            typer.echo(f"  produced: {json.dumps(outcome.produced)}")
+    passed = sum(outcome.passed for outcome in outcomes)
+    typer.echo(f"decomposition: {passed} passed, {len(outcomes) - passed} failed")
 
 
 @app.command()
@@ -105,6 +160,7 @@ def edit(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output or report file."),
     home: Optional[Path] = HomeOption,
+    llm: Optional[str] = LLMOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
 ) -> None:
     """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
@@ -116,7 +172,7 @@ def edit(
         code = _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
             editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
-            contact_sheet=contact_sheet, overwrite=overwrite, home=home,
+            contact_sheet=contact_sheet, overwrite=overwrite, home=home, llm=llm,
         )
     except (UsageError, InstructionError, FileExistsError) as error:
         fail(str(error))
@@ -137,6 +193,8 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     from tools.embeddings import EmbedderUnavailableError
 
     decompose(instruction)  # rejects an empty or oversized instruction before anything loads
+    if options["llm"]:
+        _planner(options["llm"])  # rejects an unknown provider or a missing package before anything loads
     _check_paths(image, output, options["report"], options["overwrite"])
     if options["contact_sheet"] is not None and options["contact_sheet"].exists() and not options["overwrite"]:
         raise UsageError(f"contact sheet {options['contact_sheet']} exists; pass --overwrite to replace it")
@@ -185,7 +243,7 @@ def _make_context(options: dict[str, Any]) -> Any:
         max_attempts=options["max_attempts"],
         max_side=options["max_side"],
         device=options["device"],
-        **{key: options[key] for key in ("editor_model", "clip_model") if options[key]},
+        **{key: options[key] for key in ("editor_model", "clip_model", "llm") if options[key]},
     )
 
 

@@ -80,6 +80,14 @@ class Context:
         ),
     )
     learn: bool = field(default=True, **_describe("Add accepted attempts to the case library at the end of the run."))
+    llm: str = field(
+        default="",
+        **_describe(
+            "Chat model that decomposes the instruction, PROVIDER:MODEL or llamacpp:/path/model.gguf; "
+            "empty uses the rules decomposer, which is also the fallback when the model fails."
+        ),
+    )
+    llm_timeout_s: float = field(default=60.0, **_describe("Seconds to wait for the chat model's plan."))
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:

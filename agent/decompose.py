@@ -1,10 +1,9 @@
 """Rules decomposer: split an instruction into ordered subtasks and things to preserve.
 
-The rules work on clauses. Sentences split at . ; ! ?; clauses split at commas, sequence words (first, then, next,
-finally) and at "and" where it joins two edits rather than two nouns ("fish and chips" stays whole). Each clause is
-then a preserve clause ("keep the bridge"), a negated edit ("don't remove the tree", which preserves the tree), or an
-edit routed to `adjust` (global photometric and geometric changes of the whole image) or to `instruct_pix2pix`.
-An instruction the rules cannot split becomes one instruct_pix2pix subtask with the whole text.
+`agent.clauses` splits the instruction into clauses. Each edit clause becomes a subtask. A clause that requests a global
+photometric or geometric change and names no object other than the image goes to `adjust`, and every other clause to
+`instruct_pix2pix`. An instruction the rules cannot split becomes one instruct_pix2pix subtask with the
+whole text.
 """
 
 from __future__ import annotations
@@ -13,40 +12,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from agent.clauses import EDIT_VERBS, split_clauses
 from agent.state import Subtask
 from tools.adjust import DEFAULT_AMOUNTS
 
 MAX_INSTRUCTION_CHARS = 2000
-
-SEQUENCE_WORDS = ("first", "firstly", "then", "next", "after that", "afterwards", "finally", "lastly", "also")
-
-EDIT_VERBS = frozenset(
-    """add put place insert include give remove delete erase take drop get replace swap change turn convert make
-    transform paint color colour recolor recolour increase decrease boost raise lower reduce enhance brighten darken
-    lighten dim blur sharpen rotate flip mirror crop desaturate saturate warm cool apply set fill cover draw show
-    create let render restyle stylize stylise"""
-    .split()
-)
-PRESERVE_VERBS = ("keep", "preserve", "retain", "maintain", "protect")
-NEGATIONS = ("don't", "do not", "dont", "never", "without")
-
-# Noun pairs joined by "and" that name one thing; the decomposer never splits them.
-AND_COMPOUNDS = (
-    "black and white",
-    "fish and chips",
-    "salt and pepper",
-    "bread and butter",
-    "rock and roll",
-    "cheese and crackers",
-    "bacon and eggs",
-    "peanut butter and jelly",
-    "macaroni and cheese",
-    "pen and ink",
-    "arts and crafts",
-)
-
-PREPOSITIONS = frozenset("on in onto into to at under over above below behind beside near next with from of".split())
-DETERMINERS = frozenset("a an the some this that these those his her their its my your our".split())
 
 # Words that refer to the whole image: an adjust operation applies only when the clause names no other object.
 IMAGE_WORDS = frozenset(
@@ -126,8 +96,19 @@ class InstructionError(ValueError):
 
 
 def clean_instruction(instruction: str) -> str:
-    """Remove control characters and collapse whitespace; raise InstructionError when nothing usable is left."""
-    text = "".join(" " if unicodedata.category(char).startswith("C") else char for char in instruction)
+    """Remove control characters and collapse whitespace; raise InstructionError when nothing usable is left.
+
+    Line breaks end a sentence, and list bullets at line starts are dropped, so a bulleted list reads as sentences.
+    """
+    if re.match(r"^\s*\(?1[.)]\s", instruction):
+        # A numbered list on one line, "1. remove the car 2. add birds": each number starts a line.
+        instruction = re.sub(r"\s\(?\d{1,2}[.)]\s+(?=[A-Za-z])", "\n", instruction)
+    lines = [_strip_bullet(line) for line in instruction.splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > 1:
+        lines = [line if re.search(r"[.;!?,:]$", line) else f"{line}." for line in lines]
+    text = " ".join(lines)
+    text = "".join(" " if unicodedata.category(char).startswith("C") else char for char in text)
     text = re.sub(r"\s+", " ", text).strip()
     if not text:
         raise InstructionError("invalid instruction: it is empty; describe the edit, for example \"make it brighter\"")
@@ -138,18 +119,21 @@ def clean_instruction(instruction: str) -> str:
     return text
 
 
+def _strip_bullet(line: str) -> str:
+    return re.sub(r"^\s*(?:[-*\u2022]|\d{1,2}[.)])\s+", "", line).strip()
+
+
 def decompose(instruction: str) -> Plan:
     """Split an instruction into routed subtasks and a preserve list."""
     text = clean_instruction(instruction)
     subtasks: list[Subtask] = []
     preserve: list[str] = []
 
-    for clause in _split_clauses(text):
-        kept = _preserved_object(clause)
-        if kept is not None:
-            _append_unique(preserve, kept)
-            continue
-        subtasks.append(_make_subtask(len(subtasks), clause))
+    for clause in split_clauses(text):
+        if clause.kind == "preserve":
+            _append_unique(preserve, clause.preserved)
+        elif clause.kind == "edit":
+            subtasks.append(_make_subtask(len(subtasks), clause.text))
 
     if not subtasks:
         subtasks.append(_make_subtask(0, text))
@@ -161,140 +145,26 @@ def _append_unique(items: list[str], item: str) -> None:
         items.append(item)
 
 
-# --- splitting ---------------------------------------------------------------------------------------------------
-
-
-def _split_clauses(text: str) -> list[str]:
-    clauses: list[str] = []
-    for sentence in re.split(r"(?<!\d)[.;!?]+(?!\d)", text):
-        for part in _split_on_separators(sentence):
-            clauses.extend(_split_on_and(part, clauses))
-    return [clause for clause in clauses if clause]
-
-
-def _split_on_separators(sentence: str) -> list[str]:
-    sequence = "|".join(re.escape(word) for word in SEQUENCE_WORDS)
-    sentence = re.sub(rf"(^|,|\band\b)\s*({sequence})\b,?", ",", sentence.strip(), flags=re.IGNORECASE)
-    sentence = re.sub(r"\s+(then|afterwards)\s+", ", ", sentence, flags=re.IGNORECASE)
-    sentence = re.sub(r"\s+(without\s+(?:changing|touching|altering|modifying|affecting))\b", r", \1", sentence,
-                      flags=re.IGNORECASE)
-    sentence = re.sub(r"\bbut\b", ",", sentence, flags=re.IGNORECASE)
-    sentence = re.sub(r"\bwhile\b", ",", sentence, flags=re.IGNORECASE)
-    parts = [part.strip(" ,") for part in sentence.split(",")]
-    merged: list[str] = []
-    for part in parts:
-        part = re.sub(r"^(and|just|also|please)\s+", "", part, flags=re.IGNORECASE).strip()
-        if part:
-            merged.append(part)
-    return merged
-
-
-def _split_on_and(part: str, earlier: list[str]) -> list[str]:
-    """Split a comma-free part at each "and" that joins two edits; reuse the verb for a verbless right side."""
-    protected = part
-    for compound in AND_COMPOUNDS:
-        protected = re.sub(re.escape(compound), compound.replace(" and ", " &&& "), protected, flags=re.IGNORECASE)
-    pieces = [piece.strip() for piece in re.split(r"\band\b", protected, flags=re.IGNORECASE)]
-    pieces = [piece.replace("&&&", "and") for piece in pieces if piece]
-
-    # A list item without a verb ("a cat" in "add a dog, a cat") continues the previous clause's verb.
-    if not _starts_with_verb(pieces[0]) and earlier and not _is_preserve_clause(pieces[0]):
-        pieces[0] = _borrow_verb(earlier[-1], pieces[0])
-
-    clauses = [pieces[0]]
-    for piece in pieces[1:]:
-        if _starts_with_verb(piece) or _is_preserve_clause(piece) or _starts_with_negation(piece):
-            clauses.append(piece)
-        elif _is_adjust_only(clauses[-1]) and not _has_content_words(piece):
-            clauses[-1] = f"{clauses[-1]} and {piece}"
-        else:
-            clauses.append(_borrow_verb(clauses[-1], piece))
-    return clauses
-
-
-def _first_word(clause: str) -> str:
-    words = re.findall(r"[a-z']+", clause.lower())
-    return words[0] if words else ""
-
-
-def _starts_with_verb(clause: str) -> bool:
-    return _first_word(clause) in EDIT_VERBS or _first_word(clause) in PRESERVE_VERBS or _first_word(clause) == "leave"
-
-
-def _starts_with_negation(clause: str) -> bool:
-    return any(clause.lower().startswith(negation) for negation in NEGATIONS)
-
-
-def _borrow_verb(previous: str, verbless: str) -> str:
-    """Rebuild a clause that shares the previous clause's verb ("...and a tiara on the queen")."""
-    words = previous.split()
-    if not words:
-        return verbless
-    verbless_words = [word.lower() for word in verbless.split()]
-    if any(word in PREPOSITIONS for word in verbless_words[1:]) or len(words) < 3:
-        return f"{words[0]} {verbless}"
-
-    # "give the woman a red hat and sunglasses": keep everything before the previous clause's last noun phrase.
-    last_determiner = max(
-        (index for index, word in enumerate(words) if index > 0 and word.lower() in DETERMINERS), default=1
-    )
-    return " ".join(words[:last_determiner] + [verbless])
-
-
-# --- preserve clauses ---------------------------------------------------------------------------------------------
-
-PRESERVE_PATTERNS = (
-    re.compile(r"^(?:but |and |while |whilst )?(?:keep|keeping|preserve|preserving|retain|retaining|maintain|"
-               r"maintaining|protect|protecting)\s+(?P<object>.+)$", re.IGNORECASE),
-    re.compile(r"^(?:but )?(?:leave|leaving)\s+(?P<object>.+?)\s+(?:unchanged|untouched|alone|as (?:it is|they are|is)|"
-               r"intact|the same|as before)$", re.IGNORECASE),
-    re.compile(r"^(?:without|not)\s+(?:changing|touching|altering|modifying|affecting)\s+(?P<object>.+)$",
-               re.IGNORECASE),
-    re.compile(r"^(?:don't|do not|dont|never)\s+(?:touch|change|alter|modify|affect|edit)\s+(?P<object>.+)$",
-               re.IGNORECASE),
-    re.compile(r"^(?P<object>.+?)\s+(?:must|should|has to|have to|needs? to)\s+(?:stay|remain|be left|look)\s+"
-               r"(?:the same|unchanged|untouched|as (?:it is|they are|is)|intact)$", re.IGNORECASE),
-    re.compile(r"^(?:don't|do not|dont|never)\s+(?:remove|delete|erase|replace)\s+(?P<object>.+)$", re.IGNORECASE),
-)
-OBJECT_SUFFIXES = re.compile(
-    r"\s+(unchanged|untouched|intact|alone|as (it is|they are|is)|the same|as before|on|in place|visible)$",
-    re.IGNORECASE,
-)
-
-
-def _is_preserve_clause(clause: str) -> bool:
-    return _preserved_object(clause) is not None
-
-
-def _preserved_object(clause: str) -> str | None:
-    for pattern in PRESERVE_PATTERNS:
-        match = pattern.match(clause.strip())
-        if match:
-            return _strip_object(match.group("object"))
-    return None
-
-
-def _strip_object(phrase: str) -> str:
-    phrase = OBJECT_SUFFIXES.sub("", phrase.strip(" .,"))
-    phrase = OBJECT_SUFFIXES.sub("", phrase)
-    words = phrase.split()
-    while words and words[0].lower() in DETERMINERS:
-        words = words[1:]
-    return " ".join(words).lower()
-
-
 # --- routing ------------------------------------------------------------------------------------------------------
 
 
-def _match_adjust(clause: str) -> tuple[str, int] | None:
-    lowered = clause.lower()
+def match_adjust(clause: str) -> tuple[str, int] | None:
+    """Return the adjust operation that a clause requests and the sign of its amount, or None."""
+    lowered = _target_phrase(clause.lower())
     for pattern, operation, sign in ADJUST_PATTERNS:
         if re.search(pattern, lowered):
             return operation, sign
     return None
 
 
-def _content_words(clause: str) -> list[str]:
+def _target_phrase(lowered: str) -> str:
+    # In "turn the black and white photo into a colour photo" the result, not the source, names the operation.
+    match = re.match(r"^(?:turn|convert|change|transform|make)\s+(?:.+?\s+)?(?:into|to)\s+(?P<target>.+)$", lowered)
+    return match.group("target") if match else lowered
+
+
+def content_words(clause: str) -> list[str]:
+    """Return the words of a clause that name something other than the image, an adjust operation or a filler."""
     lowered = clause.lower()
     for pattern, _, _ in ADJUST_PATTERNS:
         lowered = re.sub(pattern, " ", lowered)
@@ -306,12 +176,12 @@ def _content_words(clause: str) -> list[str]:
     ]
 
 
-def _has_content_words(clause: str) -> bool:
-    return bool(_content_words(clause))
+def _hascontent_words(clause: str) -> bool:
+    return bool(content_words(clause))
 
 
 def _is_adjust_only(clause: str) -> bool:
-    return _match_adjust(clause) is not None and not _has_content_words(clause)
+    return match_adjust(clause) is not None and not _hascontent_words(clause)
 
 
 def _adjust_amount(clause: str, operation: str, sign: int) -> float | None:
@@ -348,8 +218,8 @@ def _rotation_degrees(lowered: str) -> float:
 
 def _make_subtask(index: int, clause: str) -> Subtask:
     text = clause.strip(" ,.")
-    adjust_match = _match_adjust(text)
-    if adjust_match and not _has_content_words(text):
+    adjust_match = match_adjust(text)
+    if adjust_match and not _hascontent_words(text):
         operation, sign = adjust_match
         return Subtask(
             index=index,

@@ -66,7 +66,7 @@ def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any
     context = context_of(runtime)
     image = load_image(state["image_path"])
     source = resources.artifact_store(context).put(image)
-    plan = decompose(state["instruction"])
+    plan = _decompose(state["instruction"], context)
     _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": plan.preserve})
     memory = Memory(added=[], removed=[], changed=[], preserved=list(plan.preserve))
     return {
@@ -78,6 +78,14 @@ def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any
         "lineage": [source],
         "memory": memory,
     }
+
+
+def _decompose(instruction: str, context: Context):
+    if not context.llm:
+        return decompose(instruction)
+    from agent.llm_plan import decompose_with_llm
+
+    return decompose_with_llm(instruction, resources.chat_model(context.llm), timeout_s=context.llm_timeout_s)
 
 
 def next_subtask_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:

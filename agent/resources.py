@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from importlib import resources as package_resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _case_stores: dict[tuple[str, str], CaseStore] = {}
+_chat_models: dict[str, Any] = {}
 # Image embeddings by (embedder id, artifact sha256): the critic embeds a subtask's input image once, not per attempt.
 _image_embeddings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 MAX_CACHED_IMAGE_EMBEDDINGS = 256
@@ -97,3 +99,15 @@ def image_embedding(embedder: Embedder, ref: ImageRef, image: Image.Image) -> np
         while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
             _image_embeddings.popitem(last=False)
     return vector
+
+
+def chat_model(spec: str) -> Any:
+    """Return the chat model named by "PROVIDER:MODEL", created once per process."""
+    from agent.llm_plan import load_chat_model
+
+    with _lock:
+        model = _chat_models.get(spec)
+        if model is None:
+            model = load_chat_model(spec)
+            _chat_models[spec] = model
+        return model
