@@ -47,6 +47,23 @@ COLOURS = (
     "magenta turquoise navy maroon teal".split()
 )
 
+# Irregular past participles of edit verbs ("the photo made brighter", "sunglasses given to the man").
+IRREGULAR_FORMS = {"made": "make", "given": "give", "taken": "take", "left": "leave", "kept": "keep", "lit": "light",
+                   "shown": "show", "brought": "bring"}
+
+# Openers and closers that carry no edit: "hey", "could you please", "I'd like", "please", "thanks", "lol".
+OPENER = re.compile(
+    r"^(?:(?:hey|hi|hello|ok|okay|so|now|please|kindly|just|also|and|then)\b[,!]?\s*"
+    r"|(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+)?"
+    r"|(?:i'd|i would|we'd|we would)\s+(?:like|love)\s+(?:(?:you|u)\s+)?(?:to\s+)?"
+    r"|(?:i|we)\s+(?:want|need)\s+(?:(?:you|u)\s+)?(?:to\s+)?)",
+    re.IGNORECASE,
+)
+CLOSER = re.compile(r"\s*\b(?:please|pls|plz|thanks|thank you|thx|lol|if possible|if you can)$", re.IGNORECASE)
+POLITENESS_WORDS = frozenset(
+    "please pls plz thanks thank you u thx lol hey hi hello ok okay if possible can could would kindly so now just".split()
+)
+
 PREPOSITIONS = frozenset("on in onto into to at under over above below behind beside near next with from of for".split())
 DETERMINERS = frozenset("a an the some this that these those his her their its my your our both all".split())
 # Words that show a verbless-looking piece is a clause of its own ("the sky should be pink").
@@ -80,6 +97,11 @@ PRESERVE_PATTERNS = (
     ),
     re.compile(rf"^(?P<object>.+?)\s+(?:stays?|remains?)(?:\s+{PRESERVE_SUFFIX})?$", re.IGNORECASE),
     re.compile(r"^except(?: for)?\s+(?P<object>.+)$", re.IGNORECASE),
+    re.compile(
+        rf"^(?:make sure|ensure|be sure)(?: that)?\s+(?P<object>.+?)\s+(?:stays?|remains?|is kept|are kept|is left|are left|"
+        rf"is not changed|isn't changed|are not changed|doesn't change|don't change)(?:\s+{PRESERVE_SUFFIX})?$",
+        re.IGNORECASE,
+    ),
 )
 GROUPED_PRESERVE = re.compile(
     rf"^(?:leave\s+(?P<objects>.+?\band\b.+?)\s+{PRESERVE_SUFFIX}"
@@ -128,26 +150,57 @@ def _split_parts(sentence: str) -> list[str]:
 
     parts = []
     for part in sentence.split(","):
-        part = re.sub(r"^\s*(?:and|just|also|please|now|so|can you|could you|would you)\s+", "", part, flags=re.I)
-        part = re.sub(r"^\s*(?:and|please)\s+", "", part, flags=re.IGNORECASE).strip(" :-")
-        if part:
+        part = _strip_politeness(part)
+        if part and not _is_politeness(part):
             parts.append(_imperative(part))
     return parts
 
 
-def _imperative(part: str) -> str:
-    """Turn a clause that opens with a gerund ("making the sky red", "keeping the trees") into an imperative."""
-    match = re.match(r"^([A-Za-z]+)ing\b", part)
-    if not match:
-        return part
-    stem = match.group(1).lower()
-    candidates = [stem, stem + "e"]
-    if len(stem) > 2 and stem[-1] == stem[-2]:
-        candidates.append(stem[:-1])
-    for candidate in candidates:
-        if candidate in EDIT_VERBS or candidate in PRESERVE_VERBS or candidate == "leave":
-            return candidate + part[match.end():]
+def _strip_politeness(part: str) -> str:
+    previous = None
+    while previous != part:
+        previous = part
+        part = OPENER.sub("", part.strip(" :-")).strip()
+        part = CLOSER.sub("", part).strip()
     return part
+
+
+def _is_politeness(part: str) -> bool:
+    return all(word in POLITENESS_WORDS for word in re.findall(r"[a-z']+", part.lower()))
+
+
+def _imperative(part: str) -> str:
+    """Turn a clause that opens with a gerund or participle ("making the sky red", "converted to sepia") into an
+    imperative, also after a subject that names the image ("the photo cropped to a square")."""
+    subject = re.match(r"^(?P<subject>(?:the |this |my )?(?:photo|image|picture|pic|it))\s+(?P<rest>[A-Za-z]+(?:ed|en)\b.*)$",
+                       part, re.IGNORECASE)
+    if subject:
+        verb, rest = _verb_base(subject.group("rest"))
+        if verb:
+            return f"{verb} {subject.group('subject')}{rest}"
+    verb, rest = _verb_base(part)
+    return f"{verb}{rest}" if verb else part
+
+
+def _verb_base(text: str) -> tuple[str, str]:
+    """Return (base verb, rest of the text) when the text opens with a form of a known verb, else ("", text)."""
+    match = re.match(r"^([A-Za-z]+)\b", text)
+    if not match:
+        return "", text
+    word = match.group(1).lower()
+    rest = text[match.end():]
+    if word in IRREGULAR_FORMS:
+        return IRREGULAR_FORMS[word], rest
+    for suffix in ("ing", "ed"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            stem = word[: -len(suffix)]
+            candidates = [stem, stem + "e"]
+            if stem[-1] == stem[-2]:
+                candidates.append(stem[:-1])
+            for candidate in candidates:
+                if candidate in EDIT_VERBS or candidate in PRESERVE_VERBS or candidate == "leave":
+                    return candidate, rest
+    return "", text
 
 
 # --- clauses within a part ----------------------------------------------------------------------------------------
@@ -169,7 +222,7 @@ def _extend_with_part(clauses: list[Clause], part: str) -> None:
         if not part:
             return
 
-    pieces = _split_on_and(part)
+    pieces = [_imperative(piece) for piece in _split_on_and(part)]
     for index, piece in enumerate(pieces):
         first_of_part = index == 0
         if _has_own_verb(piece) or not clauses:

@@ -19,7 +19,7 @@ def ragedit(*args):
                           cwd=REPO, timeout=120)
 
 
-@pytest.mark.parametrize("name", ["decomposition.jsonl", "decomposition_more.jsonl"])
+@pytest.mark.parametrize("name", ["decomposition.jsonl", "decomposition_more.jsonl", "decomposition_heldout.jsonl"])
 def test_labelled_sets_all_pass(name):
     outcomes = evaluate(load_cases(DATA / name), decompose)
     failed = [(outcome.instruction, outcome.reason, outcome.produced) for outcome in outcomes if not outcome.passed]
