@@ -19,8 +19,9 @@ EDIT_VERBS = frozenset(
     transform paint color colour recolor recolour colorize colourise increase decrease boost raise lower reduce enhance
     brighten darken lighten dim blur sharpen rotate flip mirror crop desaturate saturate warm cool apply set fill cover
     draw show create let render restyle stylize stylise move enlarge shrink resize zoom straighten fix restore clean
-    denoise upscale extend expand hide reveal light dress decorate age use bring hand offer send adjust tint tone
-    correct boost amplify intensify soften smooth whiten blacken redden replace"""
+    denoise upscale extend expand hide reveal dress decorate age bring hand offer send adjust tint tone
+    correct boost amplify intensify soften smooth whiten blacken redden repaint bump crank dial pump push knock tweak
+    warm cool"""
     .split()
 )
 PRESERVE_VERBS = frozenset("keep preserve retain maintain protect".split())
@@ -51,17 +52,36 @@ COLOURS = (
 IRREGULAR_FORMS = {"made": "make", "given": "give", "taken": "take", "left": "leave", "kept": "keep", "lit": "light",
                    "shown": "show", "brought": "bring"}
 
+# "I don't want a filter on the whole thing": a constraint with nothing to edit, unless a preserve pattern matched.
+UNWANTED = re.compile(r"^(?:i|we)\s+(?:do not|don't|dont)\s+(?:want|need|like)\b", re.IGNORECASE)
+
+# Words that mark a statement about the photo ("it's too dark", "he looks unarmed", "this was taken at dusk").
+STATE_WORDS = frozenset(
+    """is are was were looks look looking seems seem took taken has had got it's that's there's he's she's they're
+    we're i'm i've we've""".split()
+)
+# Words that turn a statement into a request ("the sky should be pink", "I want it to look older").
+REQUEST_WORDS = frozenset("should must need needs want wants would like to let".split())
+SUBJECT_WORDS = frozenset("this that it it's its i i'm we we're he she they there there's my our his her their".split())
+
 # Openers and closers that carry no edit: "hey", "could you please", "I'd like", "please", "thanks", "lol".
 OPENER = re.compile(
     r"^(?:(?:hey|hi|hello|ok|okay|so|now|please|kindly|just|also|and|then)\b[,!]?\s*"
     r"|(?:can|could|would|will)\s+(?:you|u)\s+(?:please\s+)?"
     r"|(?:i'd|i would|we'd|we would)\s+(?:like|love)\s+(?:(?:you|u)\s+)?(?:to\s+)?"
-    r"|(?:i|we)\s+(?:want|need)\s+(?:(?:you|u)\s+)?(?:to\s+)?)",
+    r"|(?:i|we)\s+(?:just\s+|really\s+|also\s+)?(?:want|need)\s+(?:(?:you|u)\s+to\s+|to\s+(?=(?:"
+    + "|".join(sorted(EDIT_VERBS)) + r")\b))?"
+    r"|(?:maybe|perhaps|only|if (?:you|u) can|if possible)\b,?\s*)",
     re.IGNORECASE,
 )
-CLOSER = re.compile(r"\s*\b(?:please|pls|plz|thanks|thank you|thx|lol|if possible|if you can)$", re.IGNORECASE)
+CLOSER = re.compile(
+    r"\s*\b(?:please|pls|plz|thanks|thank you|thx|lol|if possible|if you can|too|as well|that would be \w+(?: \w+)?)$",
+    re.IGNORECASE,
+)
 POLITENESS_WORDS = frozenset(
-    "please pls plz thanks thank you u thx lol hey hi hello ok okay if possible can could would kindly so now just".split()
+    """please pls plz thanks thank you u thx lol hey hi hello ok okay if possible can could would kindly so now just
+    nothing fancy else more that's all it that"""
+    .split()
 )
 
 PREPOSITIONS = frozenset("on in onto into to at under over above below behind beside near next with from of for".split())
@@ -76,7 +96,8 @@ GENERIC_OBJECTS = frozenset(
 
 PRESERVE_SUFFIX = (
     r"(?:unchanged|untouched|intact|alone|as (?:it is|they are|is|it was|they were)|the same|as before|in place|"
-    r"exactly as (?:it is|they are)|unedited|unaltered|unmodified|original|visible|on)"
+    r"exactly as (?:it is|they are)|(?:exactly )?where (?:it is|they are)|unedited|unaltered|unmodified|original|"
+    r"visible|on|sharp|in focus|clear|natural)"
 )
 PRESERVE_PATTERNS = (
     re.compile(r"^(?:keep|preserve|retain|maintain|protect)\s+(?P<object>.+)$", re.IGNORECASE),
@@ -97,6 +118,16 @@ PRESERVE_PATTERNS = (
     ),
     re.compile(rf"^(?P<object>.+?)\s+(?:stays?|remains?)(?:\s+{PRESERVE_SUFFIX})?$", re.IGNORECASE),
     re.compile(r"^except(?: for)?\s+(?P<object>.+)$", re.IGNORECASE),
+    re.compile(
+        r"^(?:i|we)\s+(?:do not|don't|dont)\s+want\s+(?P<object>.+?)\s+(?:changed|touched|altered|edited|modified|"
+        r"affected|moved)$",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"^(?P<object>nothing else|everything else|the rest|anything else)\s+(?:should|must|may|can|will|is to)\s+"
+        r"(?:be\s+)?(?:change|changed|touched|altered|edited|modified)$",
+        re.IGNORECASE,
+    ),
     re.compile(
         rf"^(?:make sure|ensure|be sure)(?: that)?\s+(?P<object>.+?)\s+(?:stays?|remains?|is kept|are kept|is left|are left|"
         rf"is not changed|isn't changed|are not changed|doesn't change|don't change)(?:\s+{PRESERVE_SUFFIX})?$",
@@ -146,7 +177,10 @@ def _split_parts(sentence: str) -> list[str]:
     sentence = re.sub(r"\s+(?:and\s+)?(?:then|afterwards)\s+", ", ", sentence, flags=re.IGNORECASE)
     sentence = re.sub(r"\s+(without\s+\w+ing)\b", r", \1", sentence, flags=re.IGNORECASE)
     sentence = re.sub(r"\s+(except(?:\s+for)?)\s+", r", \1 ", sentence, flags=re.IGNORECASE)
-    sentence = re.sub(r"\b(?:but|while|whilst|whereas)\b", ",", sentence, flags=re.IGNORECASE)
+    sentence = re.sub(r"\b(?:but|while|whilst|whereas)\b|\s[-\u2013\u2014]\s", ",", sentence, flags=re.IGNORECASE)
+    verbs = "|".join(sorted(EDIT_VERBS | PRESERVE_VERBS))
+    sentence = re.sub(rf"\s+so\s+(?=(?:(?:can|could|would) (?:you|u) )?(?:please )?(?:{verbs})\b)", ", ", sentence,
+                      flags=re.IGNORECASE)
 
     parts = []
     for part in sentence.split(","):
@@ -172,8 +206,12 @@ def _is_politeness(part: str) -> bool:
 def _imperative(part: str) -> str:
     """Turn a clause that opens with a gerund or participle ("making the sky red", "converted to sepia") into an
     imperative, also after a subject that names the image ("the photo cropped to a square")."""
-    subject = re.match(r"^(?P<subject>(?:the |this |my )?(?:photo|image|picture|pic|it))\s+(?P<rest>[A-Za-z]+(?:ed|en)\b.*)$",
-                       part, re.IGNORECASE)
+    subject = re.match(
+        r"^(?P<subject>(?:the |this |my )?(?:whole |entire )?(?:photo|image|picture|pic|thing|shot|it))\s+"
+        r"(?P<rest>[A-Za-z]+(?:ed|en)\b.*)$",
+        part,
+        re.IGNORECASE,
+    )
     if subject:
         verb, rest = _verb_base(subject.group("rest"))
         if verb:
@@ -222,7 +260,8 @@ def _extend_with_part(clauses: list[Clause], part: str) -> None:
         if not part:
             return
 
-    pieces = [_imperative(piece) for piece in _split_on_and(part)]
+    pieces = [_imperative(_strip_politeness(piece)) for piece in _split_on_and(part)]
+    pieces = [piece for piece in pieces if piece and not _is_politeness(piece) and not _is_context(piece)]
     for index, piece in enumerate(pieces):
         first_of_part = index == 0
         if _has_own_verb(piece) or not clauses:
@@ -236,6 +275,22 @@ def _extend_with_part(clauses: list[Clause], part: str) -> None:
             previous.text = f"{previous.text} and {piece}"
         else:
             clauses.append(_classify(_borrow_verb(previous.text, piece), shares_verb=True))
+
+
+def _is_context(piece: str) -> bool:
+    """Tell whether a piece describes the photo rather than requests an edit ("this is my holiday photo", "it looks
+    too blue"): it states something, names no edit verb, and asks for no state ("should be", "to look")."""
+    words = re.findall(r"[a-z']+", piece.lower())
+    if len(words) > 1 and words[0] == "to" and words[1] not in EDIT_VERBS:
+        # A purpose, as in "I want to use it as a wallpaper".
+        return True
+    if not words or not set(words) & STATE_WORDS:
+        return False
+    if set(words) & (EDIT_VERBS | PRESERVE_VERBS | REQUEST_WORDS) or words[0] in ("leave", "don't", "do", "never"):
+        return False
+    from agent.decompose import match_adjust
+
+    return match_adjust(piece) is None or words[0] in SUBJECT_WORDS
 
 
 def _split_on_and(part: str) -> list[str]:
@@ -257,7 +312,9 @@ def _has_own_verb(piece: str) -> bool:
     first = _first_word(piece)
     if first in EDIT_VERBS or first in PRESERVE_VERBS or first in ("leave", "without", "except", "not", "no"):
         return True
-    if any(piece.lower().startswith(negation) for negation in NEGATIONS):
+    if any(piece.lower().startswith(negation) for negation in NEGATIONS) or UNWANTED.match(piece):
+        return True
+    if preserved_object(piece) is not None:
         return True
     words = set(re.findall(r"[a-z']+", piece.lower()))
     return bool(words & FINITE_MARKERS)
@@ -328,7 +385,7 @@ def _classify(text: str, *, shares_verb: bool) -> Clause:
     if preserved is not None:
         kind: Literal["edit", "preserve", "constraint"] = "preserve" if preserved else "constraint"
         return Clause(text, kind, preserved, shares_verb)
-    if any(text.lower().startswith(negation) for negation in NEGATIONS):
+    if any(text.lower().startswith(negation) for negation in NEGATIONS) or UNWANTED.match(text):
         return Clause(text, "constraint", "", shares_verb)
     return Clause(text, "edit", "", shares_verb)
 

@@ -20,15 +20,26 @@ MAX_INSTRUCTION_CHARS = 2000
 
 # Words that refer to the whole image: an adjust operation applies only when the clause names no other object.
 IMAGE_WORDS = frozenset(
-    """it image photo photograph picture pic shot everything whole entire overall colors colours color colour tones
-    tone exposure""".split()
+    """it them image photo photograph picture pic shot scene thing everything whole entire overall colors colours color
+    colour tones tone exposure""".split()
 )
+# Words that qualify an adjust operation without naming an object ("a soft vignette", "about 20% brighter").
 FILLER_WORDS = frozenset(
     """the a an this that to of by and with please can you could would me more less much very really bit little
     slightly slight touch lot some little way make look looks looking be is are so too quite tad up down degrees
     degree percent clockwise counterclockwise anticlockwise counter left right horizontally vertically horizontal
     vertical upside around over just overall also all somewhat lightly heavily strongly strong gently subtly subtle
-    mild mildly stronger higher lower level amount effect filter tint tone photo""".split()
+    mild mildly stronger higher lower level amount effect filter tint tone photo soft softer dark darker light nice
+    small big large heavy gentle fine about roughly approximately maybe kind sort old fashioned classic again
+    nothing fancy""".split()
+)
+# A closing purpose ("for my Instagram", "so I'm on the left") says why, not what, so routing ignores it.
+PURPOSE_TAIL = re.compile(
+    r"\s+(?:for (?:my|our|your|a|an|the)\s+\w+(?:\s+\w+)?|so (?:that )?(?:i|i'm|we|we're|it|it's|they|you|he|she)\b.*)$"
+)
+DECREASE_WORDS = re.compile(
+    r"\b(reduce\w*|decrease\w*|lower\w*|lessen\w*|drop\w*|cut|less|tone (?:it |them )?down|dial (?:it )?down|"
+    r"turn (?:it )?down|knock (?:it )?down|pull (?:it )?down|minus)\b"
 )
 
 ADJUST_PATTERNS: tuple[tuple[str, str, int], ...] = (
@@ -40,18 +51,20 @@ ADJUST_PATTERNS: tuple[tuple[str, str, int], ...] = (
     (r"\b(flip|mirror)\b.*\b(vertical(ly)?|upside)\b", "flip_vertical", 1),
     (r"\b(flip|mirror)\b", "flip_horizontal", 1),
     (r"\b(rotate|turn)\b.*\b(\d+(\.\d+)?) ?(°|deg|degrees?)\b|\brotate\b|\bupside down\b", "rotate", 1),
-    (r"\b(desaturate|less saturat\w*|(reduce|decrease|lower|lessen)\w* (the )?saturation|muted)\b", "saturation", -1),
+    (r"\b(desaturate\w*|muted)\b", "saturation", -1),
     (r"\b(saturat\w*|vibran\w*|vivid|colou?rful|punchier)\b", "saturation", 1),
-    (r"\b(less contrast|(reduce|decrease|lower|soften)\w* (the )?contrast|flatter)\b", "contrast", -1),
+    (r"\b(flatter)\b", "contrast", -1),
     (r"\bcontrast\w*\b", "contrast", 1),
-    (r"\b(darker|darken\w*|dimmer|dim|(reduce|decrease|lower)\w* (the )?(brightness|exposure)|underexpose\w*)\b",
-     "brightness", -1),
+    (r"\b(darker|darken\w*|dimmer|dim|underexpose\w*)\b", "brightness", -1),
     (r"\b(bright\w*|lighter|lighten\w*|exposure)\b", "brightness", 1),
     (r"\b(cooler|cool(er)? (it )?down|colder|cool tones?|bluer)\b", "warmth", -1),
     (r"\b(warm\w*)\b", "warmth", 1),
     (r"\b(blur\w*|soften|out of focus)\b", "blur", 1),
     (r"\b(sharpen\w*|sharper|crisper|crisp)\b", "sharpen", 1),
 )
+
+# Operations whose amount has a sign that words such as "reduce" or "drop" turn negative.
+SIGNED_OPERATIONS = ("saturation", "contrast", "brightness", "warmth")
 
 ADJUST_CAPTIONS: dict[tuple[str, int], str] = {
     ("black_and_white", 1): "a black and white photo",
@@ -153,6 +166,8 @@ def match_adjust(clause: str) -> tuple[str, int] | None:
     lowered = _target_phrase(clause.lower())
     for pattern, operation, sign in ADJUST_PATTERNS:
         if re.search(pattern, lowered):
+            if operation in SIGNED_OPERATIONS and sign > 0 and DECREASE_WORDS.search(lowered):
+                sign = -1
             return operation, sign
     return None
 
@@ -165,7 +180,8 @@ def _target_phrase(lowered: str) -> str:
 
 def content_words(clause: str) -> list[str]:
     """Return the words of a clause that name something other than the image, an adjust operation or a filler."""
-    lowered = clause.lower()
+    lowered = PURPOSE_TAIL.sub("", clause.lower())
+    lowered = DECREASE_WORDS.sub(" ", lowered)
     for pattern, _, _ in ADJUST_PATTERNS:
         lowered = re.sub(pattern, " ", lowered)
     words = re.findall(r"[a-z]+", lowered)
@@ -196,6 +212,9 @@ def _adjust_amount(clause: str, operation: str, sign: int) -> float | None:
     if percent and operation in ("brightness", "contrast", "saturation", "warmth", "vignette", "black_and_white",
                                  "sepia"):
         return sign * float(percent.group(1)) / 100.0
+    plain = re.search(r"\bby\s+[+-]?(\d*\.?\d+)\b(?!\s*(?:%|percent|°|deg))", lowered)
+    if plain and operation in SIGNED_OPERATIONS:
+        return sign * _plain_amount(float(plain.group(1)), operation, lowered)
     if operation in ("black_and_white", "sepia"):
         # "make it black and white" means fully gray; only a stated strength ("slightly sepia") weakens it.
         return round(default * 0.5, 4) if SMALL_WORDS.search(lowered) else default
@@ -204,6 +223,13 @@ def _adjust_amount(clause: str, operation: str, sign: int) -> float | None:
     if LARGE_WORDS.search(lowered):
         return round(sign * default * 2.0, 4)
     return -default if sign < 0 else None
+
+
+def _plain_amount(value: float, operation: str, lowered: str) -> float:
+    """Read "by 0.5" or "by 15" as a relative change; exposure is in photographic stops."""
+    if operation == "brightness" and "exposure" in lowered and value <= 3:
+        return round(2.0**value - 1.0, 4)
+    return value if value <= 1 else value / 100.0
 
 
 def _rotation_degrees(lowered: str) -> float:

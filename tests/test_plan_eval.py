@@ -27,6 +27,15 @@ def test_labelled_sets_all_pass(name):
     assert failed == []
 
 
+def test_realistic_set_known_gaps_only():
+    # Both misses need coreference: "get rid of that" means the sign named a clause earlier, and "only repainted
+    # blue" means the car of the clause before. The rules do not resolve references.
+    outcomes = evaluate(load_cases(DATA / "decomposition_realistic.jsonl"), decompose)
+    failed = [outcome.line for outcome in outcomes if not outcome.passed]
+
+    assert failed == [18, 45]
+
+
 def test_keyword_lists_need_different_subtasks():
     case = {"instruction": "x", "subtasks": [["car"], ["car"]], "preserve": []}
     plan = decompose("paint the car red and remove the bike")
