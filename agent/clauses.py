@@ -194,7 +194,7 @@ def _strip_politeness(part: str) -> str:
     previous = None
     while previous != part:
         previous = part
-        part = OPENER.sub("", part.strip(" :-")).strip()
+        part = OPENER.sub("", part.strip(" :")).strip()
         part = CLOSER.sub("", part).strip()
     return part
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from enum import Enum
 from typing import Any, Optional
 
 import typer
@@ -33,11 +35,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+class ProfileName(str, Enum):
+    """Profiles a command can run with."""
+
+    full = "full"
+    offline = "offline"
+
+
 HomeOption = typer.Option(
-    None, "--home", help="Data folder for artifacts and case libraries [default: $RAGEDIT_HOME, else the user data folder]."
+    None, "--home", help="Data folder for artifacts and case libraries.",
+    show_default="$RAGEDIT_HOME, else the user data folder",
 )
 ProfileOption = typer.Option(
-    "full", "--profile", help="full: InstructPix2Pix and CLIP (weights downloaded once); offline: adjust edits only, no network."
+    ProfileName.full, "--profile",
+    help="full: InstructPix2Pix and CLIP (weights downloaded once); offline: adjust edits only, no network.",
 )
 
 
@@ -67,7 +78,7 @@ def _drop_library_errors(record: logging.LogRecord) -> bool:
 
 LLMOption = typer.Option(
     None, "--llm", help="Decompose with a chat model, PROVIDER:MODEL (openai:gpt-4o-mini, ollama:llama3, ...) or "
-    "llamacpp:/path/model.gguf; falls back to the rules on any model failure [default: the rules decomposer]."
+    "llamacpp:/path/model.gguf; falls back to the rules on any model failure.", show_default="the rules decomposer",
 )
 
 
@@ -141,19 +152,24 @@ def edit(
     image: Path = typer.Argument(..., help="The photo to edit (PNG, JPEG, WebP, BMP, TIFF or GIF)."),
     instruction: str = typer.Argument(..., help="The edit in plain language, in quotes."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the edited photo (.png, .jpg, .webp, ...)."),
-    profile: str = ProfileOption,
+    profile: ProfileName = ProfileOption,
     seed: int = typer.Option(0, "--seed", help="Seed of the first attempt; retries derive new seeds from it."),
-    steps: int = typer.Option(0, "--steps", help="InstructPix2Pix denoising steps [default: from retrieved cases, else 20]."),
+    steps: int = typer.Option(
+        0, "--steps", help="InstructPix2Pix denoising steps; 0 takes them from retrieved cases, else 20."
+    ),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per subtask before giving up."),
     editor_model: Optional[str] = typer.Option(
-        None, "--editor-model", help="InstructPix2Pix weights: a Hugging Face id or a local diffusers folder "
-        "[default: timbrooks/instruct-pix2pix]."
+        None, "--editor-model", help="InstructPix2Pix weights: a Hugging Face id or a local diffusers folder.",
+        show_default="timbrooks/instruct-pix2pix",
     ),
     clip_model: Optional[str] = typer.Option(
-        None, "--clip-model", help="open_clip model name or local folder [default: ViT-B-32, laion2b_s34b_b79k weights]."
+        None, "--clip-model", help="open_clip model name or local folder.",
+        show_default="ViT-B-32 with laion2b_s34b_b79k weights",
     ),
     max_side: int = typer.Option(512, "--max-side", help="Longest side in pixels that InstructPix2Pix works at."),
-    device: str = typer.Option("", "--device", help="Torch device (cuda, mps, cpu) [default: the fastest available]."),
+    device: str = typer.Option(
+        "", "--device", help="Torch device: cpu, cuda, cuda:N or mps.", show_default="the fastest available"
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the plan and every attempt."),
     contact_sheet: Optional[Path] = typer.Option(
         None, "--contact-sheet", help="Write an image of the input and the result of each subtask side by side."
@@ -176,15 +192,21 @@ def edit(
         )
     except (UsageError, InstructionError, FileExistsError) as error:
         fail(str(error))
-    except KeyboardInterrupt:
-        fail("interrupted; no output was written unless it says so above", 130)
     except typer.Exit:
         raise
+    except OSError as error:
+        if error.filename is None:
+            _internal_error(error, verbose)
+        fail(f"{error.strerror or 'input/output error'}: {error.filename}; check the path and its permissions")
     except Exception as error:  # noqa: BLE001 - the CLI must never show a traceback unless asked to
-        if verbose:
-            logging.getLogger(__name__).exception("edit failed")
-        fail(f"internal error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)", EXIT_INTERNAL)
+        _internal_error(error, verbose)
     raise typer.Exit(code)
+
+
+def _internal_error(error: Exception, verbose: bool) -> None:
+    if verbose:
+        logging.getLogger(__name__).exception("edit failed")
+    fail(f"internal error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)", EXIT_INTERNAL)
 
 
 def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> int:
@@ -195,9 +217,10 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     decompose(instruction)  # rejects an empty or oversized instruction before anything loads
     if options["llm"]:
         _planner(options["llm"])  # rejects an unknown provider or a missing package before anything loads
-    _check_paths(image, output, options["report"], options["overwrite"])
-    if options["contact_sheet"] is not None and options["contact_sheet"].exists() and not options["overwrite"]:
-        raise UsageError(f"contact sheet {options['contact_sheet']} exists; pass --overwrite to replace it")
+    targets = {"output": output, "report": options["report"], "contact sheet": options["contact_sheet"]}
+    _check_paths(image, targets, options["overwrite"])
+    _check_home(options["home"])
+    _check_editor_model(options["editor_model"], options["profile"])
 
     try:
         context = _make_context(options)
@@ -236,7 +259,7 @@ def _make_context(options: dict[str, Any]) -> Any:
     from agent.context import Context
 
     return Context(
-        profile=options["profile"],
+        profile=ProfileName(options["profile"]).value,
         home=str(options["home"] or ""),
         seed=options["seed"],
         steps=options["steps"],
@@ -247,22 +270,69 @@ def _make_context(options: dict[str, Any]) -> Any:
     )
 
 
-def _check_paths(image: Path, output: Path, report: Path | None, overwrite: bool) -> None:
+def _check_paths(image: Path, targets: dict[str, Path | None], overwrite: bool) -> None:
+    """Reject output paths that would replace the input, each other, or an existing file, or cannot be written."""
     if not image.exists():
         raise UsageError(f"cannot read {image}: file not found")
-    if output.exists() and output.resolve() == image.resolve():
-        raise UsageError(f"invalid output {output}: it is the input image; choose another output path")
-    if output.is_dir():
-        raise UsageError(f"invalid output {output}: it is a directory; give a file name such as {output / 'out.png'}")
-    if output.exists() and not overwrite:
-        raise UsageError(f"output {output} exists; pass --overwrite to replace it")
-    if report is not None and report.exists() and not overwrite:
-        raise UsageError(f"report {report} exists; pass --overwrite to replace it")
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(
-            f"invalid output {output}: unsupported suffix {output.suffix or '(none)'!r} "
-            f"(use one of {', '.join(OUTPUT_SUFFIXES)})"
-        )
+    source = _real_path(image)
+    claimed: dict[Path, str] = {}
+    for label, path in targets.items():
+        if path is None:
+            continue
+        real = _real_path(path)
+        if real == source:
+            raise UsageError(f"invalid {label} {path}: it is the input image; choose another path")
+        if real in claimed:
+            raise UsageError(f"invalid {label} {path}: it is also the {claimed[real]}; give each file its own path")
+        claimed[real] = label
+        if path.is_dir():
+            raise UsageError(f"invalid {label} {path}: it is a directory; give a file name such as {path / 'out.png'}")
+        if path.exists() and not overwrite:
+            raise UsageError(f"{label} {path} exists; pass --overwrite to replace it")
+        _check_writable(label, path)
+
+    for label in ("output", "contact sheet"):
+        path = targets.get(label)
+        if path is not None and path.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise UsageError(
+                f"invalid {label} {path}: unsupported suffix {path.suffix or '(none)'!r} "
+                f"(use one of {', '.join(OUTPUT_SUFFIXES)})"
+            )
+
+
+def _real_path(path: Path) -> Path:
+    # realpath also resolves "missing/../photo.png", which Path.exists() and resolve() comparisons can miss.
+    return Path(os.path.realpath(path))
+
+
+def _check_writable(label: str, path: Path) -> None:
+    folder = _real_path(path).parent
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():
+        raise UsageError(f"invalid {label} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {label} {path}: no permission to write in {existing}")
+
+
+def _check_editor_model(editor_model: str | None, profile: str) -> None:
+    if not editor_model:
+        return
+    if ProfileName(profile) is ProfileName.offline:
+        typer.echo("ragedit: note: --editor-model is not used in the offline profile; add --profile full", err=True)
+        return
+    # A Hugging Face id is "name" or "owner/name"; anything else is a folder, which must exist.
+    looks_like_path = editor_model.startswith((".", "~", "/")) or editor_model.count("/") > 1
+    if looks_like_path and not Path(editor_model).expanduser().exists():
+        raise UsageError(f"invalid --editor-model {editor_model}: folder not found; pass a local diffusers folder "
+                         "or a Hugging Face model id such as timbrooks/instruct-pix2pix")
+
+
+def _check_home(home: Path | None) -> None:
+    if home is None:
+        return
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"invalid --home {home}: it is a file; pass a folder (it is created when missing)")
+    _check_writable("--home", home / "artifacts")
 
 
 def _stream_run(state_input: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -355,9 +425,38 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None, contac
         typer.echo(f"Steps: {contact_sheet}")
 
 
+def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
+    """End the process at once on Ctrl-C.
+
+    A KeyboardInterrupt would wait for the graph's worker thread to finish its node (a model load or a whole
+    denoising run), because LangGraph joins its workers on the way out. Every file is written to a temporary file
+    and renamed, so exiting without that wait cannot leave a half-written output.
+    """
+    sys.stdout.flush()
+    sys.stderr.write("ragedit: error: interrupted; no output was written unless it says so above\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main() -> None:
-    """Entry point of the `ragedit` console script."""
-    app()
+    """Entry point of the `ragedit` console script: usage errors become one line and exit status 2."""
+    signal.signal(signal.SIGINT, _exit_on_interrupt)
+    try:
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("ragedit: error: interrupted", err=True)
+        sys.exit(130)
+    except typer.TyperException as error:
+        # Typer's usage errors (NoArgsIsHelpError, BadParameter, MissingParameter, NoSuchOption) share this base.
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            typer.echo(context.get_help())
+            sys.exit(EXIT_USAGE)
+        command = context.command_path if context is not None else "ragedit"
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        typer.echo(f"ragedit: error: {message} (see '{command} --help')", err=True)
+        sys.exit(getattr(error, "exit_code", EXIT_USAGE))
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

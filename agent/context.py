@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,8 @@ from tools.embeddings import DEFAULT_CLIP_MODEL
 from tools.instruct_pix2pix import DEFAULT_MODEL_ID
 
 Profile = Literal["full", "offline"]
+# Largest seed a torch.Generator accepts, less headroom for the seeds that retries derive from it.
+MAX_SEED = 2**63 - 1 - 2**20
 PROFILES: tuple[str, ...] = ("full", "offline")
 
 
@@ -98,6 +101,10 @@ class Context:
             raise ValueError(f"invalid steps {self.steps}: use 1 or more, or 0 to take them from retrieved cases")
         if self.max_side < 64:
             raise ValueError(f"invalid max_side {self.max_side}: use 64 pixels or more")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"invalid seed {self.seed}: use an integer from 0 to {MAX_SEED}")
+        if not re.fullmatch(r"|cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"invalid device {self.device!r}: use cpu, cuda, cuda:N or mps, or leave it empty")
 
     @property
     def home_path(self) -> Path:

@@ -49,15 +49,18 @@ def judge_image(
         return Judgement(False, False, f"output is {_size(after.size)}, expected {_size(expected)}", {}, -1.0)
 
     after_pixels = np.asarray(after.convert("RGB"), dtype=np.float32) / 255.0
+    before_pixels = np.asarray(before.convert("RGB"), dtype=np.float32) / 255.0
     scores: dict[str, float] = {"luminance_std": float(after_pixels.mean(axis=2).std())}
-    if not np.isfinite(after_pixels).all() or scores["luminance_std"] < BLANK_STD:
+    # A uniform input (a solid colour, a 1x1 image) gives a uniform output under any global edit, so only an input
+    # with some structure can reveal a blank output.
+    input_has_structure = float(before_pixels.mean(axis=2).std()) >= BLANK_STD
+    if input_has_structure and scores["luminance_std"] < BLANK_STD:
         return Judgement(False, False, "output is blank or nearly constant (a safety-checker or NaN output)", scores, -1.0)
 
     if after.size == before.size:
-        before_pixels = np.asarray(before.convert("RGB"), dtype=np.float32) / 255.0
         change = float(np.abs(after_pixels - before_pixels).mean())
         scores["mean_change"] = change
-        if change < context.min_change and not _is_identity_allowed(subtask):
+        if change < context.min_change and not _is_identity_allowed(subtask, params):
             return Judgement(
                 True, False, f"mean pixel change {change:.4f} below {context.min_change}: the edit did nothing", scores, change
             )
@@ -77,9 +80,12 @@ def _expected_size(subtask: Subtask, params: dict[str, Any], size: tuple[int, in
     return output_size(size, params["operation"], params.get("amount"))
 
 
-def _is_identity_allowed(subtask: Subtask) -> bool:
-    # Cropping an already square photo or rotating by 360 degrees legitimately leaves the pixels unchanged.
-    return subtask["tool"] == "adjust" and subtask["operation"] in ("crop_square", "rotate")
+def _is_identity_allowed(subtask: Subtask, params: dict[str, Any]) -> bool:
+    # Cropping an already square photo, rotating by 360 degrees or an amount of 0 ("0% brighter") legitimately
+    # leaves the pixels unchanged.
+    if subtask["tool"] != "adjust":
+        return False
+    return subtask["operation"] in ("crop_square", "rotate") or params.get("amount") == 0
 
 
 def _judge_adjust(

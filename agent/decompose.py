@@ -17,6 +17,10 @@ from agent.state import Subtask
 from tools.adjust import DEFAULT_AMOUNTS
 
 MAX_INSTRUCTION_CHARS = 2000
+# Terminal escape sequences ("\x1b[2J") that a pasted instruction may carry; removed with their parameters.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+# Words that ask to undo an effect; an effect adjust cannot undo ("remove the vignette") needs InstructPix2Pix.
+UNDO_WORDS = re.compile(r"\b(remove|undo|get rid of|take away|take out|delete|erase|fix|no more|without)\b")
 
 # Words that refer to the whole image: an adjust operation applies only when the clause names no other object.
 IMAGE_WORDS = frozenset(
@@ -121,9 +125,10 @@ def clean_instruction(instruction: str) -> str:
     if len(lines) > 1:
         lines = [line if re.search(r"[.;!?,:]$", line) else f"{line}." for line in lines]
     text = " ".join(lines)
+    text = ANSI_ESCAPE.sub(" ", text)
     text = "".join(" " if unicodedata.category(char).startswith("C") else char for char in text)
     text = re.sub(r"\s+", " ", text).strip()
-    if not text:
+    if not re.search(r"\w", text):
         raise InstructionError("invalid instruction: it is empty; describe the edit, for example \"make it brighter\"")
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise InstructionError(
@@ -142,11 +147,19 @@ def decompose(instruction: str) -> Plan:
     subtasks: list[Subtask] = []
     preserve: list[str] = []
 
-    for clause in split_clauses(text):
+    clauses = split_clauses(text)
+    for clause in clauses:
         if clause.kind == "preserve":
             _append_unique(preserve, clause.preserved)
         elif clause.kind == "edit":
             subtasks.append(_make_subtask(len(subtasks), clause.text))
+
+    if not subtasks and any(clause.kind in ("preserve", "constraint") for clause in clauses):
+        kept = f" ({', '.join(preserve)})" if preserve else ""
+        raise InstructionError(
+            f"invalid instruction {text!r}: it says what to keep or avoid{kept} but not what to change; "
+            "add the edit, for example \"make the sky blue\""
+        )
 
     if not subtasks:
         subtasks.append(_make_subtask(0, text))
@@ -192,14 +205,6 @@ def content_words(clause: str) -> list[str]:
     ]
 
 
-def _hascontent_words(clause: str) -> bool:
-    return bool(content_words(clause))
-
-
-def _is_adjust_only(clause: str) -> bool:
-    return match_adjust(clause) is not None and not _hascontent_words(clause)
-
-
 def _adjust_amount(clause: str, operation: str, sign: int) -> float | None:
     lowered = clause.lower()
     default = DEFAULT_AMOUNTS.get(operation)
@@ -208,10 +213,11 @@ def _adjust_amount(clause: str, operation: str, sign: int) -> float | None:
     if default is None:
         return None
 
-    percent = re.search(r"(\d+(?:\.\d+)?)\s*(%|percent)", lowered)
+    percent = re.search(r"([+-]?\d+(?:\.\d+)?)\s*(%|percent)", lowered)
     if percent and operation in ("brightness", "contrast", "saturation", "warmth", "vignette", "black_and_white",
                                  "sepia"):
-        return sign * float(percent.group(1)) / 100.0
+        value = float(percent.group(1)) / 100.0
+        return -abs(value) if value < 0 or sign < 0 else value
     plain = re.search(r"\bby\s+[+-]?(\d*\.?\d+)\b(?!\s*(?:%|percent|°|deg))", lowered)
     if plain and operation in SIGNED_OPERATIONS:
         return sign * _plain_amount(float(plain.group(1)), operation, lowered)
@@ -245,7 +251,8 @@ def _rotation_degrees(lowered: str) -> float:
 def _make_subtask(index: int, clause: str) -> Subtask:
     text = clause.strip(" ,.")
     adjust_match = match_adjust(text)
-    if adjust_match and not _hascontent_words(text):
+    undoes_effect = adjust_match is not None and adjust_match[0] not in SIGNED_OPERATIONS and UNDO_WORDS.search(text.lower())
+    if adjust_match and not content_words(text) and not undoes_effect:
         operation, sign = adjust_match
         return Subtask(
             index=index,

@@ -52,7 +52,7 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
         "version": REPORT_VERSION,
         "instruction": instruction,
         "profile": context.profile,
-        "settings": asdict(context),
+        "settings": {**asdict(context), "home": str(context.home_path)},
         "plan": [{"text": subtask["text"], "tool": subtask["tool"]} for subtask in final.get("plan", [])],
         "preserve": final.get("preserve", []),
         "subtasks": subtasks,
@@ -80,6 +80,8 @@ def write_json_atomic(data: dict[str, Any], path: str | os.PathLike[str], *, ove
             file.write("\n")
             file.flush()
             os.fsync(file.fileno())
+        # mkstemp creates the file readable by its owner only; a report is an ordinary file like the images.
+        os.chmod(temp_name, 0o644)
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

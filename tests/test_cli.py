@@ -106,12 +106,25 @@ def test_exif_photo_edited_upright(tmp_path, home):
         (["edit", CAT, "   ", "-o", "{tmp}/o.png"], "empty"),
         (["edit", CAT, "make it brighter", "-o", CAT], "input image"),
         (["edit", CAT, "make it brighter", "-o", "{tmp}/o.xyz"], "unsupported suffix"),
-        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--profile", "cloud"], "invalid profile"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--profile", "cloud"], "'cloud' is not one of"),
         (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--max-attempts", "0"], "max_attempts"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--report", CAT], "report"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--contact-sheet", "{tmp}/o.png"], "also the output"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/missing/../cat.png"], "input image"),
+        (["edit", CAT, "make it brighter", "-o", f"{CAT}/out.png"], "is a file, not a folder"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--seed", "-1"], "invalid seed -1"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--seed", "abc"], "Invalid value for '--seed'"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--device", "quantum"], "invalid device"),
+        (["edit", CAT, "make it brighter", "-o", "{tmp}/o.png", "--contact-sheet", "{tmp}/r.json"], "'.json'"),
+        (["edit", CAT, "keep the cat", "-o", "{tmp}/o.png"], "not what to change"),
+        (["edit", CAT], "Missing argument"),
     ],
 )
 def test_bad_input_one_line_exit_2(tmp_path, home, args, message):
-    args = [str(arg).replace("{tmp}", str(tmp_path)) for arg in args]
+    # The input photo is copied, so a check that failed to reject an output path could only harm the copy.
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(CAT.read_bytes())
+    args = [str(arg).replace(str(CAT), str(photo)).replace("{tmp}", str(tmp_path)) for arg in args]
     result = ragedit(*args, "--profile", "offline", home=home) if "--profile" not in args else ragedit(*args, home=home)
     lines = result.stderr.strip().splitlines()
 
@@ -119,6 +132,7 @@ def test_bad_input_one_line_exit_2(tmp_path, home, args, message):
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+    assert photo.read_bytes() == CAT.read_bytes()
 
 
 def test_existing_output_kept_without_overwrite(tmp_path, home):
@@ -175,3 +189,71 @@ def test_out_of_range_amount_fails_subtask(tmp_path, home):
     assert result.returncode == 3
     assert "failed: make it 900% brighter: invalid amount 9" in result.stdout
     assert Image.open(output).size == (451, 300)
+
+
+def test_home_file_rejected(tmp_path):
+    home_file = tmp_path / "home"
+    home_file.write_text("not a folder")
+    result = ragedit("edit", CAT, "make it brighter", "-o", tmp_path / "o.png", "--profile", "offline",
+                     "--home", home_file, home=tmp_path)
+
+    assert result.returncode == 2
+    assert "invalid --home" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "instruction, operation, direction",
+    [("make it less bright", "brightness", -1), ("reduce the warmth", "warmth", -1), ("-20% contrast", "contrast", -1),
+     ("make it warmer and brighter", "warmth", 1)],
+)
+def test_decrease_phrasing_moves_down(tmp_path, home, instruction, operation, direction):
+    report = tmp_path / "r.json"
+    # Options go before "--", so an instruction that starts with "-" is not read as an option.
+    result = ragedit("edit", "-o", tmp_path / "o.png", "--profile", "offline", "--report", report, CAT, "--",
+                     instruction, home=home)
+    first = json.loads(report.read_text())["subtasks"][0]
+    scores = first["attempts"][0]["scores"]
+
+    assert result.returncode == 0, result.stderr
+    assert first["operation"] == operation
+    assert (scores["measured_after"] - scores["measured_before"]) * direction > 0
+
+
+def test_uniform_image_can_be_brightened(tmp_path, home):
+    gray = tmp_path / "gray.png"
+    Image.new("RGB", (64, 48), (100, 100, 100)).save(gray)
+    output = tmp_path / "o.png"
+    result = ragedit("edit", gray, "make it brighter", "-o", output, "--profile", "offline", home=home)
+
+    assert result.returncode == 0, result.stdout
+    assert Image.open(output).convert("RGB").getpixel((0, 0))[0] > 100
+
+
+def test_report_readable_by_others(tmp_path, home):
+    report = tmp_path / "r.json"
+    ragedit("edit", CAT, "make it brighter", "-o", tmp_path / "o.png", "--profile", "offline", "--report", report,
+            home=home)
+
+    assert report.stat().st_mode & 0o777 == 0o644
+
+
+def test_interrupt_stops_run(tmp_path, tiny_ip2p_dir, tiny_clip_dir):
+    import signal
+
+    output = tmp_path / "out.png"
+    env = dict(os.environ, RAGEDIT_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "edit", str(CAT), "add a party hat", "-o", str(output),
+         "--editor-model", str(tiny_ip2p_dir), "--clip-model", str(tiny_clip_dir), "--steps", "5000",
+         "--max-side", "64"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )
+    for line in process.stdout:
+        if "attempt 1" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    returncode = process.wait(timeout=60)
+
+    assert returncode == 130
+    assert "interrupted" in process.stderr.read()
+    assert not output.exists()

@@ -232,6 +232,10 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> StableDiffusionInstruct
 
 def _from_directory_or_hub(source: str, dtype: torch.dtype) -> StableDiffusionInstructPix2PixPipeline:
     from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    # The loader's own progress bar would interleave with the caller's output; load times are logged instead.
+    diffusers_logging.disable_progress_bar()
 
     if Path(source).is_dir():
         try:
