@@ -279,7 +279,7 @@ def _extend_with_part(clauses: list[Clause], part: str) -> None:
 
 def _is_context(piece: str) -> bool:
     """Tell whether a piece describes the photo rather than requests an edit ("this is my holiday photo", "it looks
-    too blue"): it states something, names no edit verb, and asks for no state ("should be", "to look")."""
+    too blue"). Such a piece makes a statement, names no edit verb and requests no state ("should be", "to look")."""
     words = re.findall(r"[a-z']+", piece.lower())
     if len(words) > 1 and words[0] == "to" and words[1] not in EDIT_VERBS:
         # A purpose, as in "I want to use it as a wallpaper".

@@ -71,8 +71,8 @@ def configure_logging(verbose: bool) -> None:
 
 
 def _drop_library_errors(record: logging.LogRecord) -> bool:
-    # open_clip logs a failed download on the root logger before raising; the CLI reports the raised error as one
-    # line, so the duplicate is shown only with --verbose.
+    # open_clip logs a failed download on the root logger before it raises. The CLI reports the raised error as one
+    # line, so the logged copy is shown only with --verbose.
     return not (record.name == "root" and "open_clip" in record.pathname)
 
 

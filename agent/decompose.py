@@ -37,7 +37,7 @@ FILLER_WORDS = frozenset(
     small big large heavy gentle fine about roughly approximately maybe kind sort old fashioned classic again
     nothing fancy""".split()
 )
-# A closing purpose ("for my Instagram", "so I'm on the left") says why, not what, so routing ignores it.
+# A closing purpose ("for my Instagram", "so I'm on the left") gives a reason, not an edit, so routing ignores it.
 PURPOSE_TAIL = re.compile(
     r"\s+(?:for (?:my|our|your|a|an|the)\s+\w+(?:\s+\w+)?|so (?:that )?(?:i|i'm|we|we're|it|it's|they|you|he|she)\b.*)$"
 )
@@ -157,7 +157,7 @@ def decompose(instruction: str) -> Plan:
     if not subtasks and any(clause.kind in ("preserve", "constraint") for clause in clauses):
         kept = f" ({', '.join(preserve)})" if preserve else ""
         raise InstructionError(
-            f"invalid instruction {text!r}: it says what to keep or avoid{kept} but not what to change; "
+            f"invalid instruction {text!r}: it names what to keep or avoid{kept} but not what to change; "
             "add the edit, for example \"make the sky blue\""
         )
 

@@ -329,7 +329,7 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
 def _scale_16bit_to_l(image: Image.Image) -> Image.Image:
     """Scale a 16-bit (or 32-bit integer) grayscale image from 0..65535 to 0..255 instead of clipping at 255.
 
-    A 32-bit integer ("I") image whose values all fit in 0..255 holds 8-bit data, so it is kept as it is.
+    A 32-bit integer ("I") image whose values all fit in 0..255 contains 8-bit data, so it is kept as it is.
     NOTE: this guess can brighten a very dark 16-bit image that some decoder opened as "I" instead of "I;16".
     """
     values = np.asarray(image).astype(np.float64)
