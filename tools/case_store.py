@@ -1,15 +1,21 @@
-"""Case library: past edits stored as FAISS vectors plus JSON records, one folder on disk.
+"""Case library: past edits stored as embeddings plus JSON records, one folder on disk.
 
-A case library folder contains three files:
+A case library folder contains these files:
 
-- ``index.faiss``: a raw FAISS index written with ``faiss.write_index``. Vectors are L2-normalised
-  float32, and the index uses the inner product metric, so a score is the cosine similarity.
-- ``cases.jsonl``: one JSON record per line, in the same order as the vectors in the index.
-- ``manifest.json``: ``{"format_version", "embedder", "dim", "index_type", "count"}``.
+- ``vectors.npy``: the text embeddings, float32 of shape (count, dim), L2-normalised. They are
+  the source of truth for the index.
+- ``image_vectors.npy``: only when the library has an image dimension. Image embeddings of shape
+  (count, image_dim), L2-normalised, with an all-zero row for a case that has no image embedding.
+- ``cases.jsonl``: one JSON record per line, in the same order as the vectors.
+- ``index.faiss``: a raw FAISS index built from ``vectors.npy`` (flat below HNSW_THRESHOLD cases,
+  HNSW from there on) and written with ``faiss.write_index``. It uses the inner product metric, so
+  a score is the cosine similarity. It is derived data, rebuilt on open when its size is wrong.
+- ``manifest.json``: ``{"format_version", "embedder", "dim", "image_dim", "index_type", "count"}``.
 
-Every write goes to a temporary file in the same folder followed by ``os.replace``, with the
-manifest written last. A crash in the middle of ``add`` leaves an index and a record file whose
-counts disagree, which ``CaseStore.open`` detects and reports.
+Every file is written to a temporary file in the same folder and moved into place with
+``os.replace``. ``add`` writes the manifest last, so the manifest's count is the commit point: a
+crash before it leaves files with more rows than the count, and ``CaseStore.open`` drops those
+rows. ``.npy`` files are read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +42,14 @@ from pydantic import BaseModel, Field
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 folders have no vectors.npy, so open() rebuilds it from their flat index.
+LEGACY_FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 CASES_FILE = "cases.jsonl"
 MANIFEST_FILE = "manifest.json"
+VECTORS_FILE = "vectors.npy"
+IMAGE_VECTORS_FILE = "image_vectors.npy"
 
 # Flat search is exact and fast enough below this many cases. Above it, HNSW keeps search time low.
 HNSW_THRESHOLD = 50_000
@@ -49,6 +60,18 @@ HNSW_EF_SEARCH = 64
 # Rows with a smaller L2 norm have no direction to normalise.
 MIN_VECTOR_NORM = 1e-12
 
+# Share of the image similarity in the combined score of a search with an image query:
+# score = (1 - IMAGE_WEIGHT) * text score + IMAGE_WEIGHT * image score when both the query and
+# the case have an image embedding, else the text score alone.
+# NOTE: a case without an image embedding keeps its full text score, so it ranks above a case with
+# the same text score whose image similarity is below 1.
+IMAGE_WEIGHT = 0.3
+
+# A search with an image query reranks this many text candidates per requested case, and at
+# least MIN_CANDIDATES, capped at the number of cases.
+CANDIDATES_PER_RESULT = 10
+MIN_CANDIDATES = 50
+
 
 class CaseStoreError(ValueError):
     """Invalid input to a case library, or a case library folder that cannot be read."""
@@ -56,6 +79,20 @@ class CaseStoreError(ValueError):
 
 class EmbedderMismatchError(CaseStoreError):
     """Case library built with another embedder id or vector dimension than the current run."""
+
+
+@dataclass(frozen=True)
+class CaseMatch:
+    """One search result: a case record with its similarity to the query."""
+
+    record: dict
+    """Copy of the case record."""
+    score: float
+    """Combined score, clamped to [-1, 1], by which results are ranked."""
+    text_score: float
+    """Cosine similarity of the text embeddings, clamped to [-1, 1]."""
+    image_score: float | None
+    """Cosine similarity of the image embeddings, or None when the query or the case has none."""
 
 
 class CaseStore:
@@ -68,6 +105,7 @@ class CaseStore:
     directory: Path
     embedder_id: str
     dim: int
+    image_dim: int | None
 
     def __init__(
         self,
@@ -76,26 +114,41 @@ class CaseStore:
         dim: int,
         index: faiss.Index,
         records: list[dict],
+        vectors: np.ndarray,
+        image_dim: int | None = None,
+        image_vectors: np.ndarray | None = None,
     ) -> None:
-        """Wrap an index and its matching records. Callers use create or open instead."""
+        """Wrap an index and its matching records and vectors. Callers use create or open instead."""
         self.directory = directory
         self.embedder_id = embedder_id
         self.dim = dim
+        self.image_dim = image_dim
         self._index = index
         self._records = records
+        self._vectors = vectors
+        self._image_vectors = image_vectors
         self._positions = {record["id"]: position for position, record in enumerate(records)}
         self._lock = threading.RLock()
 
     # Construction
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], embedder_id: str, dim: int) -> CaseStore:
+    def create(
+        cls,
+        directory: str | os.PathLike[str],
+        embedder_id: str,
+        dim: int,
+        image_dim: int | None = None,
+    ) -> CaseStore:
         """Create an empty case library in directory and write it to disk.
 
-        Raises CaseStoreError when directory already contains a case library.
+        image_dim is the dimension of the image embeddings, or None to set it from the first
+        image vectors passed to add. Raises CaseStoreError when directory already contains a
+        case library.
         """
         path = Path(directory)
         _validate_embedder(embedder_id, dim)
+        _validate_image_dim(image_dim)
         if cls.exists(path):
             raise CaseStoreError(
                 f"cannot create case library {path}: one already exists there; "
@@ -103,18 +156,38 @@ class CaseStore:
             )
 
         path.mkdir(parents=True, exist_ok=True)
-        store = cls(path, embedder_id, dim, _new_index("flat", dim), [])
-        store._write_all()
-        logger.info("created case library %s (embedder %r, dim %d)", path, embedder_id, dim)
+        image_vectors = None if image_dim is None else np.zeros((0, image_dim), dtype=np.float32)
+        store = cls(
+            path,
+            embedder_id,
+            dim,
+            _new_index("flat", dim),
+            [],
+            np.zeros((0, dim), dtype=np.float32),
+            image_dim,
+            image_vectors,
+        )
+        store._persist()
+        logger.info(
+            "created case library %s (embedder %r, dim %d, image dim %s)",
+            path,
+            embedder_id,
+            dim,
+            image_dim,
+        )
         return store
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], embedder_id: str, dim: int) -> CaseStore:
         """Open the case library in directory, checking it against the current embedder.
 
+        Rows that an interrupted add wrote past the manifest's count are dropped (with a warning)
+        and the files rewritten. An index of the wrong size is rebuilt from vectors.npy. A
+        version 1 folder gets its vectors.npy from its flat index.
+
         Raises EmbedderMismatchError when the library was built with another embedder id or
-        dimension, and CaseStoreError when a file is missing or corrupt or when the index, the
-        records and the manifest disagree on the number of cases.
+        dimension, and CaseStoreError when a file is missing or corrupt or has fewer rows than
+        the manifest's count.
         """
         path = Path(directory)
         _validate_embedder(embedder_id, dim)
@@ -127,14 +200,91 @@ class CaseStore:
                 f"use another --home or delete {path} to rebuild it"
             )
 
-        index = _read_index(path, dim, manifest["index_type"])
-        records = _read_records(path)
-        _check_counts(path, index.ntotal, len(records), manifest["count"])
+        if manifest["format_version"] == LEGACY_FORMAT_VERSION:
+            store = cls._open_legacy(path, embedder_id, dim, manifest)
+        else:
+            store = cls._open_current(path, embedder_id, dim, manifest)
 
         logger.info(
-            "opened case library %s: %d cases, %s index", path, len(records), manifest["index_type"]
+            "opened case library %s: %d cases, %s index", path, len(store), store.index_type
         )
-        return cls(path, embedder_id, dim, index, records)
+        return store
+
+    @classmethod
+    def _open_current(
+        cls, path: Path, embedder_id: str, dim: int, manifest: dict
+    ) -> CaseStore:
+        count = manifest["count"]
+        image_dim = manifest["image_dim"]
+        vectors = _read_matrix(path, VECTORS_FILE, dim)
+        image_vectors = None
+        if image_dim is not None:
+            image_vectors = _read_matrix(path, IMAGE_VECTORS_FILE, image_dim)
+        records = _read_records(path)
+        index = _read_index(path, dim)
+
+        rows = {VECTORS_FILE: len(vectors), CASES_FILE: len(records)}
+        if image_vectors is not None:
+            rows[IMAGE_VECTORS_FILE] = len(image_vectors)
+        _check_rows(path, rows, count)
+
+        # An image_vectors.npy that the manifest does not name comes from an add that set the
+        # image dimension and was interrupted before the manifest.
+        stray_images = image_dim is None and (path / IMAGE_VECTORS_FILE).exists()
+        dropped = max(rows.values()) - count
+        if dropped or stray_images:
+            logger.warning(
+                "case library %s: dropping %d rows past the manifest's %d cases, left by an "
+                "interrupted write",
+                path,
+                dropped,
+                count,
+            )
+            records = records[:count]
+            vectors = vectors[:count]
+            if image_vectors is not None:
+                image_vectors = image_vectors[:count]
+
+        rebuild = index.ntotal != count or _index_type_of(index) != manifest["index_type"]
+        if rebuild:
+            logger.warning(
+                "case library %s: rebuilding %s (%d vectors, %s) from %s (%d cases)",
+                path,
+                INDEX_FILE,
+                index.ntotal,
+                _index_type_of(index),
+                VECTORS_FILE,
+                count,
+            )
+            index = _build_index(manifest["index_type"], dim, vectors)
+
+        store = cls(path, embedder_id, dim, index, records, vectors, image_dim, image_vectors)
+        if dropped or stray_images:
+            store._persist()
+            if stray_images:
+                (path / IMAGE_VECTORS_FILE).unlink(missing_ok=True)
+        elif rebuild:
+            store._write_files([INDEX_FILE])
+        return store
+
+    @classmethod
+    def _open_legacy(cls, path: Path, embedder_id: str, dim: int, manifest: dict) -> CaseStore:
+        index = _read_index(path, dim)
+        if manifest["index_type"] != "flat" or _index_type_of(index) != "flat":
+            raise CaseStoreError(
+                f"cannot upgrade case library {path}: it has an HNSW index and no {VECTORS_FILE} "
+                f"to rebuild it from; delete {path} to rebuild it"
+            )
+        records = _read_records(path)
+        _check_legacy_counts(path, index.ntotal, len(records), manifest["count"])
+
+        vectors = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+        store = cls(path, embedder_id, dim, index, records, vectors.reshape(-1, dim))
+        store._write_files([VECTORS_FILE, MANIFEST_FILE])
+        logger.info(
+            "upgraded case library %s to format %d: wrote %s", path, FORMAT_VERSION, VECTORS_FILE
+        )
+        return store
 
     @classmethod
     def exists(cls, directory: str | os.PathLike[str]) -> bool:
@@ -167,88 +317,138 @@ class CaseStore:
                 return None
             return copy.deepcopy(self._records[position])
 
-    def search(self, vector: np.ndarray, k: int = 5) -> list[tuple[dict, float]]:
-        """Find the k records nearest to vector by cosine similarity.
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int = 5,
+        *,
+        image_vector: np.ndarray | None = None,
+        image_weight: float = IMAGE_WEIGHT,
+    ) -> list[CaseMatch]:
+        """Find the k records nearest to a text embedding, optionally reranked with an image one.
 
-        Returns (record copy, score) pairs, best first, with scores clamped to [-1, 1]. Returns
-        fewer than k pairs when the library has fewer cases, and [] when it is empty.
+        Without image_vector, the score is the cosine similarity of the text embeddings. With
+        it, the index returns k * CANDIDATES_PER_RESULT text candidates (at least MIN_CANDIDATES).
+        They are reranked by (1 - image_weight) * text score + image_weight * image score, or by
+        the text score alone for a case without an image embedding. Returns matches best first,
+        fewer than k when the library has fewer cases, and [] when it is empty.
         """
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
             raise CaseStoreError(f"invalid k for case search: {k!r}; pass a positive integer")
+        _validate_image_weight(image_weight)
         query = self._prepare_query(vector)
 
         with self._lock:
+            image_query = None
+            if image_vector is not None:
+                image_query = self._prepare_image_query(image_vector)
             if not self._records:
                 return []
 
-            k = min(int(k), len(self._records))
-            if isinstance(self._index, faiss.IndexHNSWFlat):
-                self._index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-            scores, positions = self._index.search(query, k)
+            count = len(self._records)
+            if image_query is None:
+                candidates = self._search_text(query, min(int(k), count))
+                return [self._match(position, score) for position, score in candidates]
 
-            matches = []
-            for position, score in zip(positions[0], scores[0], strict=True):
-                # HNSW pads with -1 when its graph walk finds fewer than k neighbours.
-                if position < 0:
-                    continue
-                clamped = float(min(1.0, max(-1.0, score)))
-                matches.append((copy.deepcopy(self._records[position]), clamped))
-            return matches
+            # NOTE: only text candidates are reranked, so a case whose text is far from the query
+            # is not found through a close image alone.
+            candidate_count = min(count, max(int(k) * CANDIDATES_PER_RESULT, MIN_CANDIDATES))
+            candidates = self._search_text(query, candidate_count)
+            scored = [
+                self._score(position, text_score, image_query, image_weight)
+                for position, text_score in candidates
+            ]
+            scored.sort(key=lambda item: item[1], reverse=True)
+            return [
+                CaseMatch(copy.deepcopy(self._records[position]), score, text_score, image_score)
+                for position, score, text_score, image_score in scored[: int(k)]
+            ]
 
     def stats(self) -> dict:
-        """Summarise the library: embedder, dim, index type, count and counts by tool and edit kind.
+        """Summarise the library: embedder, dims, index type, count and counts by tool and edit kind.
 
-        Records without a "tool" or "edit_kind" field are counted under "unknown".
+        Records without a "tool" or "edit_kind" field are counted under "unknown". "with_image"
+        counts the cases that have an image embedding.
         """
         with self._lock:
             by_tool = Counter(str(record.get("tool", "unknown")) for record in self._records)
             by_edit_kind = Counter(
                 str(record.get("edit_kind", "unknown")) for record in self._records
             )
+            with_image = 0
+            if self._image_vectors is not None:
+                with_image = int(np.count_nonzero(self._image_vectors.any(axis=1)))
             return {
                 "embedder": self.embedder_id,
                 "dim": self.dim,
+                "image_dim": self.image_dim,
                 "index_type": _index_type_of(self._index),
                 "count": len(self._records),
+                "with_image": with_image,
                 "by_tool": dict(sorted(by_tool.items())),
                 "by_edit_kind": dict(sorted(by_edit_kind.items())),
             }
 
+    def _search_text(self, query: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        if isinstance(self._index, faiss.IndexHNSWFlat):
+            self._index.hnsw.efSearch = max(HNSW_EF_SEARCH, limit)
+        scores, positions = self._index.search(query, limit)
+
+        # HNSW pads with -1 when its graph walk finds fewer than limit neighbours.
+        return [
+            (int(position), _clamp(score))
+            for position, score in zip(positions[0], scores[0], strict=True)
+            if position >= 0
+        ]
+
+    def _score(
+        self, position: int, text_score: float, image_query: np.ndarray, image_weight: float
+    ) -> tuple[int, float, float, float | None]:
+        if self._image_vectors is None or not self._image_vectors[position].any():
+            return position, text_score, text_score, None
+
+        image_score = _clamp(float(self._image_vectors[position] @ image_query[0]))
+        score = _clamp((1.0 - image_weight) * text_score + image_weight * image_score)
+        return position, score, text_score, image_score
+
+    def _match(self, position: int, text_score: float) -> CaseMatch:
+        return CaseMatch(copy.deepcopy(self._records[position]), text_score, text_score, None)
+
     # Writing
 
-    def add(self, records: Sequence[dict], vectors: np.ndarray) -> list[str]:
-        """Add records with one embedding each, persist the library and return the case ids.
+    def add(
+        self,
+        records: Sequence[dict],
+        vectors: np.ndarray,
+        image_vectors: np.ndarray | None = None,
+    ) -> list[str]:
+        """Add records with their embeddings, persist the library and return the case ids.
 
-        A record without an "id" gets "case-<12 hex digits>". Vectors must be a 2-D array of
-        shape (len(records), dim) with finite, non-zero rows, which are converted to float32 and
-        L2-normalised. The index switches from flat to HNSW when the count reaches HNSW_THRESHOLD.
+        A record without an "id" gets "case-<12 hex digits>". vectors must be a 2-D array of
+        shape (len(records), dim) with finite, non-zero rows. image_vectors is None when no
+        record in this call has an image embedding, or an array of shape (len(records),
+        image_dim) with an all-zero row for each record without one. The first image vectors
+        added to a library without an image dimension set it. Rows are converted to float32 and
+        L2-normalised. The index switches from flat to HNSW when the count reaches
+        HNSW_THRESHOLD. When a write fails, the library in memory keeps its previous cases.
         """
         prepared = [self._prepare_record(record) for record in records]
         matrix = self._prepare_vectors(vectors, len(prepared))
-        if not prepared:
-            return []
 
         with self._lock:
+            image_matrix = self._prepare_image_vectors(image_vectors, len(prepared))
+            if not prepared:
+                return []
             self._check_new_ids(prepared)
 
-            index = self._index
-            total = len(self._records) + len(prepared)
-            if total >= HNSW_THRESHOLD and _index_type_of(index) == "flat":
-                index = self._rebuild_as_hnsw()
-            index.add(matrix)
-
-            self._index = index
-            start = len(self._records)
-            self._records.extend(prepared)
-            for offset, record in enumerate(prepared):
-                self._positions[record["id"]] = start + offset
-
-            self._write_all()
-            logger.info("added %d cases to %s (now %d)", len(prepared), self.directory, total)
+            self._append(prepared, matrix, image_matrix)
+            logger.info(
+                "added %d cases to %s (now %d)", len(prepared), self.directory, len(self._records)
+            )
             return [record["id"] for record in prepared]
 
     def update(self, case_id: str, changes: dict) -> None:
-        """Update fields of one record (not its vector) and persist the records.
+        """Update fields of one record (not its vectors) and rewrite cases.jsonl.
 
         Raises CaseStoreError when no record has case_id, when changes try to change the id, or
         when the changed record is not JSON-serialisable.
@@ -271,11 +471,58 @@ class CaseStore:
                     "check the id with CaseStore.get"
                 )
 
-            updated = {**self._records[position], **copy.deepcopy(changes)}
+            previous = self._records[position]
+            updated = {**previous, **copy.deepcopy(changes)}
             _check_serialisable(updated)
             self._records[position] = updated
+            try:
+                self._write_files([CASES_FILE])
+            except BaseException:
+                self._records[position] = previous
+                raise
 
-            self._persist(include_index=False)
+    def _append(
+        self, records: list[dict], vectors: np.ndarray, image_vectors: np.ndarray | None
+    ) -> None:
+        previous = (self._records, self._vectors, self.image_dim, self._image_vectors, self._index)
+        start = len(self._records)
+        total = start + len(records)
+
+        if image_vectors is not None and self._image_vectors is None:
+            self.image_dim = image_vectors.shape[1]
+            self._image_vectors = np.zeros((start, self.image_dim), dtype=np.float32)
+        if self._image_vectors is not None and image_vectors is None:
+            image_vectors = np.zeros((len(records), self._image_vectors.shape[1]), np.float32)
+
+        self._records = self._records + records
+        self._vectors = np.concatenate([self._vectors, vectors])
+        if self._image_vectors is not None:
+            self._image_vectors = np.concatenate([self._image_vectors, image_vectors])
+        if total >= HNSW_THRESHOLD and _index_type_of(self._index) == "flat":
+            self._index = self._build_hnsw()
+        else:
+            self._index.add(vectors)
+        for offset, record in enumerate(records):
+            self._positions[record["id"]] = start + offset
+
+        try:
+            self._persist()
+        except BaseException:
+            self._restore(previous, records)
+            raise
+
+    def _restore(self, previous: tuple, records: list[dict]) -> None:
+        # The manifest was not written, so open() would load the previous cases. Match that.
+        old_records, old_vectors, old_image_dim, old_image_vectors, old_index = previous
+        if old_index is self._index:
+            old_index = _build_index(_index_type_of(old_index), self.dim, old_vectors)
+        self._records = old_records
+        self._vectors = old_vectors
+        self.image_dim = old_image_dim
+        self._image_vectors = old_image_vectors
+        self._index = old_index
+        for record in records:
+            self._positions.pop(record["id"], None)
 
     # Validation
 
@@ -320,6 +567,27 @@ class CaseStore:
             )
         return _normalise_rows(matrix, "vectors")
 
+    def _prepare_image_vectors(
+        self, image_vectors: np.ndarray | None, expected_rows: int
+    ) -> np.ndarray | None:
+        if image_vectors is None:
+            return None
+
+        matrix = np.asarray(image_vectors)
+        width = self.image_dim if self.image_dim is not None else "image_dim"
+        if (
+            matrix.ndim != 2
+            or matrix.shape[0] != expected_rows
+            or matrix.shape[1] < 1
+            or (self.image_dim is not None and matrix.shape[1] != self.image_dim)
+        ):
+            raise CaseStoreError(
+                f"invalid image vectors shape {matrix.shape}: expected ({expected_rows}, {width}), "
+                f"one row of dim {width} per record (all zeros for a case without an image) "
+                f"for case library {self.directory}"
+            )
+        return _normalise_rows_or_zero(matrix, "image vectors")
+
     def _prepare_query(self, vector: np.ndarray) -> np.ndarray:
         query = np.asarray(vector)
         if query.shape not in ((self.dim,), (1, self.dim)):
@@ -329,13 +597,24 @@ class CaseStore:
             )
         return _normalise_rows(query.reshape(1, self.dim), "query vector")
 
+    def _prepare_image_query(self, vector: np.ndarray) -> np.ndarray:
+        query = np.asarray(vector)
+        # A library without an image dimension accepts any length, since no case can match it.
+        width = self.image_dim
+        if width is None:
+            width = query.shape[-1] if query.ndim else 0
+        if width < 1 or query.shape not in ((width,), (1, width)):
+            raise CaseStoreError(
+                f"invalid image query vector shape {query.shape}: expected ({width},) or "
+                f"(1, {width}) for case library {self.directory}"
+            )
+        return _normalise_rows(query.reshape(1, width), "image query vector")
+
     # Persistence
 
-    def _rebuild_as_hnsw(self) -> faiss.Index:
+    def _build_hnsw(self) -> faiss.Index:
         started = time.perf_counter()
-        hnsw = _new_index("hnsw", self.dim)
-        if self._index.ntotal:
-            hnsw.add(self._index.reconstruct_n(0, self._index.ntotal))
+        hnsw = _build_index("hnsw", self.dim, self._vectors)
         logger.info(
             "rebuilt case library %s as HNSW with %d cases in %.1f s",
             self.directory,
@@ -344,17 +623,25 @@ class CaseStore:
         )
         return hnsw
 
-    def _write_all(self) -> None:
-        self._persist(include_index=True)
+    def _persist(self) -> None:
+        self._write_files([VECTORS_FILE, IMAGE_VECTORS_FILE, CASES_FILE, INDEX_FILE, MANIFEST_FILE])
 
-    def _persist(self, include_index: bool) -> None:
-        # The manifest goes last, so a crash before it leaves counts that open() can compare.
-        # NOTE: when a write fails, the cases stay added in memory although the files may lack them.
+    def _write_files(self, names: list[str]) -> None:
+        # Callers list the manifest last, because its count commits the rows written before it.
+        writers: dict[str, Callable[[Path], None]] = {
+            VECTORS_FILE: lambda path: _save_matrix(path, self._vectors),
+            CASES_FILE: lambda path: path.write_bytes(_encode_records(self._records)),
+            INDEX_FILE: lambda path: faiss.write_index(self._index, str(path)),
+            MANIFEST_FILE: lambda path: path.write_bytes(self._encode_manifest()),
+        }
+        if self._image_vectors is not None:
+            image_vectors = self._image_vectors
+            writers[IMAGE_VECTORS_FILE] = lambda path: _save_matrix(path, image_vectors)
+
         try:
-            if include_index:
-                self._write_index()
-            self._write_file(CASES_FILE, _encode_records(self._records))
-            self._write_file(MANIFEST_FILE, self._encode_manifest())
+            for name in names:
+                if name in writers:
+                    _write_atomically(self.directory, name, writers[name])
         except (OSError, RuntimeError) as error:
             raise CaseStoreError(
                 f"cannot write case library {self.directory}: {error}; check free disk space "
@@ -366,41 +653,52 @@ class CaseStore:
             "format_version": FORMAT_VERSION,
             "embedder": self.embedder_id,
             "dim": self.dim,
+            "image_dim": self.image_dim,
             "index_type": _index_type_of(self._index),
             "count": len(self._records),
         }
         return (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
 
-    def _write_index(self) -> None:
-        temp_path = self._temp_path(INDEX_FILE)
-        try:
-            faiss.write_index(self._index, str(temp_path))
-            _fsync_file(temp_path)
-            os.replace(temp_path, self.directory / INDEX_FILE)
-        except BaseException:
-            temp_path.unlink(missing_ok=True)
-            raise
-
-    def _write_file(self, name: str, data: bytes) -> None:
-        temp_path = self._temp_path(name)
-        try:
-            with open(temp_path, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_path, self.directory / name)
-        except BaseException:
-            temp_path.unlink(missing_ok=True)
-            raise
-
-    def _temp_path(self, name: str) -> Path:
-        # Same folder as the target, so os.replace is an atomic rename on one file system.
-        handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
-        os.close(handle)
-        return Path(temp_name)
-
 
 # Module helpers
+
+
+def _write_atomically(directory: Path, name: str, write: Callable[[Path], None]) -> None:
+    """Write directory/name through write(temp path), then fsync it and move it into place."""
+    # Same folder as the target, so os.replace is an atomic rename on one file system.
+    handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(handle)
+    temp_path = Path(temp_name)
+    try:
+        write(temp_path)
+        _fsync_file(temp_path)
+        os.replace(temp_path, directory / name)
+    except BaseException:
+        temp_path.unlink(missing_ok=True)
+        raise
+    _fsync_directory(directory)
+
+
+def _save_matrix(path: Path, matrix: np.ndarray) -> None:
+    # A file handle, because np.save appends ".npy" to a path that lacks it.
+    with open(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the folder entry is. Windows cannot open a folder this way.
+    if os.name != "posix":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _validate_embedder(embedder_id: str, dim: int) -> None:
@@ -408,6 +706,23 @@ def _validate_embedder(embedder_id: str, dim: int) -> None:
         raise CaseStoreError(f"invalid embedder id {embedder_id!r}: expected a non-empty string")
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
         raise CaseStoreError(f"invalid embedding dim {dim!r}: expected a positive integer")
+
+
+def _validate_image_dim(image_dim: int | None) -> None:
+    if image_dim is None:
+        return
+    if isinstance(image_dim, bool) or not isinstance(image_dim, int) or image_dim < 1:
+        raise CaseStoreError(
+            f"invalid image embedding dim {image_dim!r}: expected a positive integer or None"
+        )
+
+
+def _validate_image_weight(image_weight: float) -> None:
+    valid = isinstance(image_weight, numbers.Real) and not isinstance(image_weight, bool)
+    if not valid or not 0.0 <= float(image_weight) <= 1.0:
+        raise CaseStoreError(
+            f"invalid image_weight {image_weight!r}: expected a number from 0 to 1"
+        )
 
 
 def _new_index(index_type: str, dim: int) -> faiss.Index:
@@ -420,24 +735,25 @@ def _new_index(index_type: str, dim: int) -> faiss.Index:
     return index
 
 
+def _build_index(index_type: str, dim: int, vectors: np.ndarray) -> faiss.Index:
+    index = _new_index(index_type, dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
 def _index_type_of(index: faiss.Index) -> str:
     if isinstance(index, faiss.IndexHNSWFlat):
         return "hnsw"
     return "flat"
 
 
-def _normalise_rows(matrix: np.ndarray, label: str) -> np.ndarray:
-    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
-        raise CaseStoreError(
-            f"invalid {label} dtype {matrix.dtype}: expected a real numeric array (float or int)"
-        )
+def _clamp(score: float) -> float:
+    return float(min(1.0, max(-1.0, score)))
 
-    rows = np.array(matrix, dtype=np.float32, copy=True)
-    if not np.isfinite(rows).all():
-        bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1)).tolist()
-        raise CaseStoreError(
-            f"invalid {label}: rows {bad_rows} contain NaN or infinity; check the embedder output"
-        )
+
+def _normalise_rows(matrix: np.ndarray, label: str) -> np.ndarray:
+    rows = _to_finite_float32(matrix, label)
 
     norms = np.linalg.norm(rows, axis=1)
     if (norms < MIN_VECTOR_NORM).any():
@@ -449,6 +765,38 @@ def _normalise_rows(matrix: np.ndarray, label: str) -> np.ndarray:
 
     rows /= norms[:, None]
     return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def _normalise_rows_or_zero(matrix: np.ndarray, label: str) -> np.ndarray:
+    """Normalise the rows that are not all zeros, which mark a case without this embedding."""
+    rows = _to_finite_float32(matrix, label)
+
+    norms = np.linalg.norm(rows, axis=1)
+    present = rows.any(axis=1)
+    too_short = present & (norms < MIN_VECTOR_NORM)
+    if too_short.any():
+        raise CaseStoreError(
+            f"invalid {label}: rows {np.flatnonzero(too_short).tolist()} are too short to "
+            "normalise; pass all zeros for a case without this embedding"
+        )
+
+    rows[present] /= norms[present, None]
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+def _to_finite_float32(matrix: np.ndarray, label: str) -> np.ndarray:
+    if not (np.issubdtype(matrix.dtype, np.floating) or np.issubdtype(matrix.dtype, np.integer)):
+        raise CaseStoreError(
+            f"invalid {label} dtype {matrix.dtype}: expected a real numeric array (float or int)"
+        )
+
+    rows = np.array(matrix, dtype=np.float32, copy=True)
+    if not np.isfinite(rows).all():
+        bad_rows = np.flatnonzero(~np.isfinite(rows).all(axis=1)).tolist()
+        raise CaseStoreError(
+            f"invalid {label}: rows {bad_rows} contain NaN or infinity; check the embedder output"
+        )
+    return rows
 
 
 def _check_serialisable(record: dict) -> None:
@@ -464,11 +812,6 @@ def _check_serialisable(record: dict) -> None:
 def _encode_records(records: list[dict]) -> bytes:
     lines = [json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records]
     return "".join(lines).encode("utf-8")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def _read_manifest(path: Path) -> dict:
@@ -487,6 +830,8 @@ def _read_manifest(path: Path) -> dict:
         ) from error
 
     _validate_manifest(path, manifest)
+    if manifest["format_version"] == LEGACY_FORMAT_VERSION:
+        manifest["image_dim"] = None
     return manifest
 
 
@@ -496,18 +841,22 @@ def _validate_manifest(path: Path, manifest: Any) -> None:
         raise CaseStoreError(
             f"invalid {manifest_path}: expected a JSON object; delete {path} to rebuild it"
         )
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version not in (LEGACY_FORMAT_VERSION, FORMAT_VERSION) or isinstance(version, bool):
         raise CaseStoreError(
-            f"unsupported case library format {manifest.get('format_version')!r} in "
-            f"{manifest_path} (supported: {FORMAT_VERSION}); delete {path} to rebuild it"
+            f"unsupported case library format {version!r} in {manifest_path} "
+            f"(supported: {LEGACY_FORMAT_VERSION}, {FORMAT_VERSION}); delete {path} to rebuild it"
         )
 
+    image_dim = manifest.get("image_dim")
     checks = {
         "embedder": isinstance(manifest.get("embedder"), str),
         "dim": _is_count(manifest.get("dim")) and manifest.get("dim", 0) > 0,
         "index_type": manifest.get("index_type") in ("flat", "hnsw"),
         "count": _is_count(manifest.get("count")),
     }
+    if version == FORMAT_VERSION:
+        checks["image_dim"] = image_dim is None or (_is_count(image_dim) and image_dim > 0)
     for field, valid in checks.items():
         if not valid:
             raise CaseStoreError(
@@ -520,7 +869,7 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _read_index(path: Path, dim: int, index_type: str) -> faiss.Index:
+def _read_index(path: Path, dim: int) -> faiss.Index:
     index_path = path / INDEX_FILE
     if not index_path.is_file():
         raise CaseStoreError(
@@ -541,12 +890,42 @@ def _read_index(path: Path, dim: int, index_type: str) -> faiss.Index:
             f"invalid FAISS index {index_path}: dim {index.d}, metric {index.metric_type} "
             f"(expected dim {dim}, inner product); delete {path} to rebuild it"
         )
-    if _index_type_of(index) != index_type:
-        raise CaseStoreError(
-            f"invalid FAISS index {index_path}: it is {_index_type_of(index)} but the manifest "
-            f"says {index_type}; delete {path} to rebuild it"
-        )
     return index
+
+
+def _read_matrix(path: Path, name: str, width: int) -> np.ndarray:
+    matrix_path = path / name
+    if not matrix_path.is_file():
+        raise CaseStoreError(
+            f"case library {path} is incomplete: {matrix_path} is missing; "
+            f"delete {path} to rebuild it"
+        )
+
+    try:
+        matrix = np.load(matrix_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise CaseStoreError(
+            f"cannot read {matrix_path}: {first_line}; delete {path} to rebuild it"
+        ) from error
+
+    valid = (
+        isinstance(matrix, np.ndarray)
+        and matrix.dtype == np.float32
+        and matrix.ndim == 2
+        and matrix.shape[1] == width
+    )
+    if not valid:
+        found = f"{matrix.dtype} {matrix.shape}" if isinstance(matrix, np.ndarray) else "an archive"
+        raise CaseStoreError(
+            f"invalid {matrix_path}: expected float32 of shape (count, {width}), found {found}; "
+            f"delete {path} to rebuild it"
+        )
+    if not np.isfinite(matrix).all():
+        raise CaseStoreError(
+            f"invalid {matrix_path}: it contains NaN or infinity; delete {path} to rebuild it"
+        )
+    return matrix
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -597,7 +976,20 @@ def _parse_record_line(path: Path, cases_path: Path, number: int, line: str) -> 
     return record
 
 
-def _check_counts(path: Path, index_count: int, record_count: int, manifest_count: int) -> None:
+def _check_rows(path: Path, rows: dict[str, int], count: int) -> None:
+    """Reject files with fewer rows than the manifest's count, which no interrupted add leaves."""
+    if min(rows.values()) >= count:
+        return
+
+    units = {CASES_FILE: "records"}
+    found = ", ".join(f"{name} has {size} {units.get(name, 'vectors')}" for name, size in rows.items())
+    raise CaseStoreError(
+        f"case library {path} is inconsistent: {found}, but {MANIFEST_FILE} records {count} "
+        f"cases (a file has fewer rows than the manifest); delete {path} to rebuild it"
+    )
+
+
+def _check_legacy_counts(path: Path, index_count: int, record_count: int, manifest_count: int) -> None:
     if index_count == record_count == manifest_count:
         return
     raise CaseStoreError(
@@ -626,21 +1018,13 @@ def make_case_search_tool(
     """Build the "search_cases" LangChain tool over store, embedding queries with embed_text.
 
     The tool returns a JSON list of matches, best first, each with id, instruction, tool,
-    params and score (cosine similarity).
+    params, score, text_score and image_score. The query is text only, so score equals
+    text_score (cosine similarity) and image_score is null.
     """
 
     def search_cases(query: str, k: int = 5) -> str:
         matches = store.search(embed_text(query), k=k)
-        results = [
-            {
-                "id": record.get("id"),
-                "instruction": record.get("instruction"),
-                "tool": record.get("tool"),
-                "params": record.get("params", {}),
-                "score": round(score, 4),
-            }
-            for record, score in matches
-        ]
+        results = [_describe_match(match) for match in matches]
         return json.dumps(results, ensure_ascii=False)
 
     return StructuredTool.from_function(
@@ -648,7 +1032,22 @@ def make_case_search_tool(
         name="search_cases",
         description=(
             "Search the case library for past image edits similar to an instruction. "
-            "Returns JSON: a list of {id, instruction, tool, params, score}, best match first."
+            "Returns JSON: a list of {id, instruction, tool, params, score, text_score, "
+            "image_score}, best match first."
         ),
         args_schema=SearchCasesInput,
     )
+
+
+def _describe_match(match: CaseMatch) -> dict:
+    record = match.record
+    image_score = None if match.image_score is None else round(match.image_score, 4)
+    return {
+        "id": record.get("id"),
+        "instruction": record.get("instruction"),
+        "tool": record.get("tool"),
+        "params": record.get("params", {}),
+        "score": round(match.score, 4),
+        "text_score": round(match.text_score, 4),
+        "image_score": image_score,
+    }
