@@ -47,9 +47,57 @@ HomeOption = typer.Option(
     show_default="$RAGEDIT_HOME, else the user data folder",
 )
 ProfileOption = typer.Option(
-    ProfileName.full, "--profile",
+    None, "--profile",
     help="full: InstructPix2Pix and CLIP (weights downloaded once); offline: adjust edits only, no network.",
+    show_default="$RAGEDIT_PROFILE, else full when its CLIP model loads, else offline",
 )
+
+
+def resolve_profile(requested: "ProfileName | None", clip_model: str | None) -> str:
+    """Return the profile to run: the one requested, else $RAGEDIT_PROFILE, else full when CLIP loads, else offline.
+
+    Falling back to offline keeps a first command working on a machine without the weights or a network; a note on
+    stderr says so, and --profile full turns the fallback into an error.
+    """
+    if requested is not None:
+        return ProfileName(requested).value
+    configured = os.environ.get("RAGEDIT_PROFILE", "").strip()
+    if configured:
+        if configured not in ProfileName.__members__:
+            raise UsageError(f"invalid RAGEDIT_PROFILE {configured!r}: use full or offline")
+        return configured
+
+    from tools.embeddings import DEFAULT_CLIP_MODEL, EmbedderUnavailableError, load_clip_embedder
+
+    if not _hub_reachable():
+        # Without this, huggingface_hub retries each weights file for about half a minute before giving up.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        load_clip_embedder(clip_model or DEFAULT_CLIP_MODEL)
+    except EmbedderUnavailableError:
+        typer.echo(
+            "ragedit: note: using the offline profile, because the full profile's CLIP model is not available here "
+            "(pass --profile full to see why, or --profile offline to skip this check)",
+            err=True,
+        )
+        return ProfileName.offline.value
+    return ProfileName.full.value
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Tell whether the Hugging Face Hub (or the mirror in $HF_ENDPOINT) accepts a connection."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 class UsageError(Exception):
@@ -68,6 +116,16 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:
         handler.addFilter(_drop_library_errors)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+def quiet_model_libraries() -> None:
+    """Stop model libraries from drawing progress bars and logging retries; the CLI reports progress and errors."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # huggingface_hub logs every retry of an unreachable Hub, and the one-line error that follows reports it.
+    # It reads HF_HUB_VERBOSITY when first imported, so the variable works where a logger level set now would not.
+    if logging.getLogger().level > logging.INFO:
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
 
 
 def _drop_library_errors(record: logging.LogRecord) -> bool:
@@ -152,7 +210,7 @@ def edit(
     image: Path = typer.Argument(..., help="The photo to edit (PNG, JPEG, WebP, BMP, TIFF or GIF)."),
     instruction: str = typer.Argument(..., help="The edit in plain language, in quotes."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the edited photo (.png, .jpg, .webp, ...)."),
-    profile: ProfileName = ProfileOption,
+    profile: Optional[ProfileName] = ProfileOption,
     seed: int = typer.Option(0, "--seed", help="Seed of the first attempt; retries derive new seeds from it."),
     steps: int = typer.Option(
         0, "--steps", help="InstructPix2Pix denoising steps; 0 takes them from retrieved cases, else 20."
@@ -181,9 +239,7 @@ def edit(
 ) -> None:
     """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
     configure_logging(verbose)
-    # Model libraries draw their own progress bars on stderr; the CLI shows its own progress instead.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_model_libraries()
     try:
         code = _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
@@ -196,14 +252,18 @@ def edit(
         raise
     except OSError as error:
         if error.filename is None:
-            _internal_error(error, verbose)
+            report_internal_error(error, verbose)
         fail(f"{error.strerror or 'input/output error'}: {error.filename}; check the path and its permissions")
     except Exception as error:  # noqa: BLE001 - the CLI must never show a traceback unless asked to
-        _internal_error(error, verbose)
+        report_internal_error(error, verbose)
     raise typer.Exit(code)
 
 
-def _internal_error(error: Exception, verbose: bool) -> None:
+def report_internal_error(error: Exception, verbose: bool) -> None:
+    if isinstance(error, BrokenPipeError):
+        # The reader of our output went away (`ragedit ... | head`); there is nobody left to tell.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_INTERNAL)
     if verbose:
         logging.getLogger(__name__).exception("edit failed")
     fail(f"internal error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)", EXIT_INTERNAL)
@@ -219,7 +279,8 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
         _planner(options["llm"])  # rejects an unknown provider or a missing package before anything loads
     targets = {"output": output, "report": options["report"], "contact sheet": options["contact_sheet"]}
     _check_paths(image, targets, options["overwrite"])
-    _check_home(options["home"])
+    check_home(options["home"])
+    options["profile"] = resolve_profile(options["profile"], options["clip_model"])
     _check_editor_model(options["editor_model"], options["profile"])
 
     try:
@@ -327,7 +388,7 @@ def _check_editor_model(editor_model: str | None, profile: str) -> None:
                          "or a Hugging Face model id such as timbrooks/instruct-pix2pix")
 
 
-def _check_home(home: Path | None) -> None:
+def check_home(home: Path | None) -> None:
     if home is None:
         return
     if home.exists() and not home.is_dir():
@@ -425,6 +486,8 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None, contac
         typer.echo(f"Steps: {contact_sheet}")
 
 
+
+
 def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     """End the process at once on Ctrl-C.
 
@@ -460,4 +523,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module rather than this __main__ copy, so agent.cli_index finds one agent.cli to import from.
+    from agent.cli import main as run
+
+    run()
+else:
+    from agent.cli_index import index_app  # noqa: E402 - the sub-app imports shared options from this module
+
+    app.add_typer(index_app, name="index")

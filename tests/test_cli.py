@@ -257,3 +257,23 @@ def test_interrupt_stops_run(tmp_path, tiny_ip2p_dir, tiny_clip_dir):
     assert returncode == 130
     assert "interrupted" in process.stderr.read()
     assert not output.exists()
+
+
+def test_default_profile_falls_back_offline(tmp_path):
+    # HF_HUB_OFFLINE is set by ragedit() and the CLIP weights are not cached here, so the full profile cannot load.
+    output = tmp_path / "out.png"
+    env_home = tmp_path / "home"
+    result = ragedit("edit", CAT, "make it warmer", "-o", output, home=env_home)
+
+    assert result.returncode == 0, result.stderr
+    assert "using the offline profile" in result.stderr
+    assert (env_home / "cases" / "offline" / "manifest.json").exists()
+
+
+def test_explicit_full_profile_does_not_fall_back(tmp_path):
+    result = ragedit("edit", CAT, "make it warmer", "-o", tmp_path / "out.png", "--profile", "full",
+                     "--clip-model", tmp_path / "no-such-clip", home=tmp_path / "home")
+
+    assert result.returncode == 2
+    assert "no-such-clip" in result.stderr
+    assert "using the offline profile" not in result.stderr
