@@ -16,6 +16,7 @@ from PIL import Image
 from agent import critic, resources
 from agent.context import Context
 from agent.decompose import decompose
+from agent.learning import learn_from_run
 from agent.retrieval import first_params, to_retrieved
 from agent.state import Attempt, EditState, Memory, Subtask, SubtaskResult
 from tools.adjust import AdjustError, adjust
@@ -89,30 +90,45 @@ def _decompose(instruction: str, context: Context):
 
 
 def next_subtask_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Skip the subtasks this profile cannot edit, recording why, up to the next one it can."""
-    context = context_of(runtime)
+    """Mark the start of the next subtask; the graph routes from here to retrieve, or to finish when none is left."""
     index = state["subtask_index"]
-    skipped: list[SubtaskResult] = []
-    while index < len(state["plan"]):
-        subtask = state["plan"][index]
-        if subtask["tool"] != "instruct_pix2pix" or context.profile != "offline":
-            break
-        skipped.append(_result(subtask, "skipped", OFFLINE_EDITOR_REASON, 0, None, []))
-        _emit({"event": "verdict", "subtask": subtask["text"], "status": "skipped", "reason": OFFLINE_EDITOR_REASON})
-        index += 1
-    return {"subtask_index": index, "results": skipped}
+    if index < len(state["plan"]):
+        _emit({"event": "subtask", "index": index, "total": len(state["plan"]), "text": state["plan"][index]["text"]})
+    return {"next_params": {}}
 
 
 def retrieve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Find similar past edits and derive the first attempt's parameters from them."""
+    """Find similar past edits and derive the first attempt's tool and parameters from them.
+
+    A subtask that needs InstructPix2Pix in the offline profile is skipped here, after retrieval, because a close
+    case may show that an exact adjust operation does the same edit.
+    """
     context = context_of(runtime)
     subtask = _subtask(state)
     embedder = resources.embedder_for(context)
     store = resources.case_store(context, embedder)
     query = embedder.embed_texts([subtask["text"]])[0]
-    retrieved = to_retrieved(store.search(query, context.retrieval_k))
+    image_query = None
+    if embedder.supports_images:
+        image = resources.artifact_store(context).get(state["current"])
+        image_query = resources.image_embedding(embedder, state["current"], image)
+    retrieved = to_retrieved(store.search(query, context.retrieval_k, image_vector=image_query))
     params = first_params(subtask, retrieved, context)
-    return {"retrieved": retrieved, "next_params": params}
+    update: dict[str, Any] = {"retrieved": retrieved}
+
+    if params.pop("tool", subtask["tool"]) != subtask["tool"]:
+        subtask = Subtask(**{**subtask, "tool": "adjust", "operation": params["operation"], "amount": params["amount"]})
+        plan = list(state["plan"])
+        plan[subtask["index"]] = subtask
+        update["plan"] = plan
+
+    if subtask["tool"] == "instruct_pix2pix" and context.profile == "offline":
+        result = _result(subtask, "skipped", OFFLINE_EDITOR_REASON, 0, None, retrieved, state["current"])
+        _emit({"event": "verdict", "subtask": subtask["text"], "status": "skipped", "reason": OFFLINE_EDITOR_REASON})
+        update.update(results=[result], subtask_index=state["subtask_index"] + 1, next_params={})
+        return update
+    update["next_params"] = params
+    return update
 
 
 def edit_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
@@ -168,7 +184,9 @@ def critique_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
 
     if pending["image"] is None:
         attempt = _attempt(subtask, number, params, None, {}, "give_up", pending["error"], False, -1.0)
-        result = _result(subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []))
+        result = _result(
+            subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []), state["current"]
+        )
         _emit({"event": "verdict", "subtask": subtask["text"], "status": pending["status"], "reason": pending["error"]})
         return {"attempts": [attempt], "results": [result], "subtask_index": state["subtask_index"] + 1}
 
@@ -230,7 +248,7 @@ def _finish_subtask(
 ) -> dict[str, Any]:
     number = len(_subtask_attempts(state)) + 1
     image = kept["image"] if keep_image else None
-    result = _result(subtask, status, reason, number, image, state.get("retrieved", []))
+    result = _result(subtask, status, reason, number, image, state.get("retrieved", []), state["current"])
     _emit({"event": "verdict", "subtask": subtask["text"], "status": status, "reason": reason})
     update: dict[str, Any] = {
         "attempts": new_attempts,
@@ -273,54 +291,8 @@ def finish_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
         _emit({"event": "written", "path": str(written), "width": output["width"], "height": output["height"]})
 
     if context.learn:
-        update["learned_cases"] = _learn(state, context)
+        update["learned_cases"] = learn_from_run(state, context)
     return update
-
-
-def _learn(state: EditState, context: Context) -> int:
-    accepted = [attempt for attempt in state.get("attempts", []) if attempt["verdict"] == "accept"]
-    if not accepted:
-        return 0
-    embedder = resources.embedder_for(context)
-    case_store = resources.case_store(context, embedder)
-    texts = [state["plan"][attempt["subtask_index"]]["text"] for attempt in accepted]
-    vectors = embedder.embed_texts(texts)
-
-    records: list[dict] = []
-    new_vectors = []
-    for text, attempt, vector in zip(texts, accepted, vectors):
-        params = _public(attempt["params"])
-        nearest = case_store.search(vector, 1)
-        if nearest and _is_near_duplicate(nearest[0][0], nearest[0][1], attempt["tool"], params):
-            record = nearest[0][0]
-            case_store.update(record["id"], {"successes": int(record.get("successes", 0)) + 1})
-            continue
-        records.append(
-            {
-                "instruction": text,
-                "tool": attempt["tool"],
-                "params": params,
-                "edit_kind": "adjust" if attempt["tool"] == "adjust" else "learned",
-                "scores": attempt["scores"],
-                "successes": 1,
-                "source": "learned",
-            }
-        )
-        new_vectors.append(vector)
-    if records:
-        import numpy as np
-
-        case_store.add(records, np.stack(new_vectors))
-    return len(records)
-
-
-# A learned case this close to an existing one with the same tool and operation counts as a repeat of it.
-NEAR_DUPLICATE_SCORE = 0.98
-
-
-def _is_near_duplicate(record: dict, score: float, tool: str, params: dict[str, Any]) -> bool:
-    same_operation = record.get("params", {}).get("operation") == params.get("operation")
-    return score >= NEAR_DUPLICATE_SCORE and record.get("tool") == tool and same_operation
 
 
 # --- records ------------------------------------------------------------------------------------------------------
@@ -357,9 +329,16 @@ def _attempt(
 
 
 def _result(
-    subtask: Subtask, status: str, reason: str, attempts: int, image: ImageRef | None, retrieved: list
+    subtask: Subtask,
+    status: str,
+    reason: str,
+    attempts: int,
+    image: ImageRef | None,
+    retrieved: list,
+    input_image: ImageRef | None = None,
 ) -> SubtaskResult:
     return SubtaskResult(
+        input_image=input_image,
         subtask_index=subtask["index"],
         text=subtask["text"],
         tool=subtask["tool"],

@@ -29,7 +29,15 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
                 "status": result["status"] if result else "failed",
                 "reason": result["reason"] if result else "the run ended before this subtask",
                 "retrieved": [
-                    {"case_id": case["case_id"], "instruction": case["instruction"], "score": case["score"]}
+                    {
+                        "case_id": case["case_id"],
+                        "instruction": case["instruction"],
+                        "tool": case["tool"],
+                        "score": case["score"],
+                        "text_score": case.get("text_score", case["score"]),
+                        "image_score": case.get("image_score"),
+                        "success_rate": case.get("success_rate"),
+                    }
                     for case in (result["retrieved"] if result else [])
                 ],
                 "attempts": [

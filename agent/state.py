@@ -42,7 +42,13 @@ class RetrievedCase(TypedDict):
     tool: str
     params: dict[str, Any]
     score: float
-    """Cosine similarity between the subtask text and the case instruction, in [-1, 1]."""
+    """Combined similarity in [-1, 1]: the text part alone, or weighted with the image part when both exist."""
+    text_score: float
+    """Cosine similarity between the subtask text and the case instruction."""
+    image_score: float | None
+    """Cosine similarity between the current image and the case's source image; None without image embeddings."""
+    success_rate: float
+    """Laplace-smoothed share of attempts with this case's parameters that were accepted."""
 
 
 class Attempt(TypedDict):
@@ -75,6 +81,8 @@ class SubtaskResult(TypedDict):
     attempts: int
     image: ImageRef | None
     """The image kept for this subtask (the accepted or best attempt); None when skipped."""
+    input_image: ImageRef | None
+    """The image this subtask started from."""
     retrieved: list[RetrievedCase]
 
 
@@ -150,3 +158,4 @@ class OutputState(TypedDict, total=False):
     output: ImageRef
     written_path: str
     memory: Memory
+    learned_cases: int

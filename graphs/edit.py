@@ -29,6 +29,13 @@ def route_subtask(state: EditState) -> Literal["retrieve", "finish"]:
     return "finish"
 
 
+def route_retrieved(state: EditState) -> Literal["edit", "next_subtask"]:
+    """Edit the subtask, or move on when retrieval skipped it (no editor for it in this profile)."""
+    if state.get("next_params"):
+        return "edit"
+    return "next_subtask"
+
+
 def route_verdict(state: EditState) -> Literal["edit", "next_subtask"]:
     """Retry the subtask after a "retry" verdict; accept and give_up move on."""
     last = state["attempts"][-1]
@@ -48,7 +55,7 @@ builder.add_node("finish", finish_node)
 builder.add_edge(START, "decompose")
 builder.add_edge("decompose", "next_subtask")
 builder.add_conditional_edges("next_subtask", route_subtask)
-builder.add_edge("retrieve", "edit")
+builder.add_conditional_edges("retrieve", route_retrieved)
 builder.add_edge("edit", "critique")
 builder.add_conditional_edges("critique", route_verdict)
 builder.add_edge("finish", END)

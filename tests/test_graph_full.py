@@ -131,3 +131,30 @@ def test_source_embedded_once_per_subtask(full_context, monkeypatch):
 
     assert len(final["attempts"]) == 3
     assert sum(embedded) == 1 + 3
+
+
+def test_retrieval_reports_text_and_image_parts(full_context, tmp_path):
+    from agent.report import build_report
+
+    context = full_context()
+    final = _run(DATA / "cat.png", "add a rainbow in the sky", context)
+    retrieved = final["results"][0]["retrieved"]
+    report = build_report("add a rainbow in the sky", context, final)
+
+    assert retrieved
+    assert all(-1.0 <= case["text_score"] <= 1.0 for case in retrieved)
+    # Starter cases carry no image embedding, so their image part is absent and the score is the text part.
+    assert all(case["image_score"] is None for case in retrieved)
+    assert report["subtasks"][0]["retrieved"][0]["text_score"] == retrieved[0]["text_score"]
+
+
+def test_learned_case_found_by_image(full_context):
+    # After an accepted edit, the case stores the input image's embedding, so the same photo finds it with an
+    # image part in its score.
+    context = full_context()
+    _run(DATA / "rocket.jpg", "paint the rocket bright orange", context)
+    final = _run(DATA / "rocket.jpg", "paint the rocket bright orange", context)
+    learned = [case for case in final["results"][0]["retrieved"] if case["image_score"] is not None]
+
+    assert learned
+    assert learned[0]["image_score"] == pytest.approx(1.0, abs=1e-4)
