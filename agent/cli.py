@@ -118,6 +118,14 @@ def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
+def case_library_message(error: Exception) -> str:
+    """Return a case-library error, warning that deleting the library also deletes what it learned."""
+    message = str(error)
+    if "delete" in message:
+        message += " (deleting it also deletes the cases learned from accepted edits and ingested datasets)"
+    return message
+
+
 def quiet_model_libraries() -> None:
     """Stop model libraries from drawing progress bars and logging retries; the CLI reports progress and errors."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -298,8 +306,10 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     }
     try:
         final = _stream_run(state_input, context)
-    except (ImageInputError, CaseStoreError) as error:
+    except ImageInputError as error:
         raise UsageError(str(error)) from None
+    except CaseStoreError as error:
+        raise UsageError(case_library_message(error)) from None
     except EmbedderUnavailableError as error:
         raise UsageError(f"{error}; or run with --profile offline, which downloads nothing") from None
 

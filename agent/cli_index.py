@@ -15,6 +15,7 @@ from agent.cli import (
     ProfileName,
     ProfileOption,
     UsageError,
+    case_library_message,
     check_home,
     configure_logging,
     fail,
@@ -118,7 +119,9 @@ def _run_index_command(command: Any, verbose: bool) -> None:
     quiet_model_libraries()
     try:
         command()
-    except (UsageError, IngestError, CaseStoreError, ImageInputError) as error:
+    except CaseStoreError as error:
+        fail(case_library_message(error))
+    except (UsageError, IngestError, ImageInputError) as error:
         fail(str(error))
     except EmbedderUnavailableError as error:
         fail(f"{error}; or run with --profile offline, which downloads nothing")
@@ -259,6 +262,8 @@ def _describe_case_match(rank: int, match: Any) -> dict[str, Any]:
         "score": round(match.score, 4),
         "text_score": round(match.text_score, 4),
         "image_score": None if match.image_score is None else round(match.image_score, 4),
+        "successes": int(record.get("successes", 0)),
+        "failure_count": int(record.get("failure_count", 0)),
     }
 
 

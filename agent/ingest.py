@@ -111,7 +111,8 @@ def _ingest_rows(run: _IngestRun, rows: Iterable[dict], batch_size: int, bar: tq
         if len(batch) == batch_size:
             run.embed(batch)
             batch = []
-            bar.set_postfix(added=run.added + len(run.pending_records), refresh=False)
+            # Pending rows are embedded but reach the library only at the next commit.
+            bar.set_postfix(embedded=run.added + len(run.pending_records), saved=run.added, refresh=False)
     if batch:
         run.embed(batch)
     run.commit()

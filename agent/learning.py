@@ -37,7 +37,7 @@ def success_rate(record: dict[str, Any]) -> float:
 
 
 def learnable_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Return the parameters of an attempt that say something about the edit, without seeds and prompts."""
+    """Return the parameters of an attempt that describe the edit, leaving out seeds and prompts."""
     return {key: value for key, value in params.items() if key not in UNLEARNED_PARAMS}
 
 

@@ -19,11 +19,13 @@ import numpy as np
 from PIL import Image
 
 from agent.context import Context
-from tools.case_store import CaseStore
+from tools.case_store import CASES_FILE, INDEX_FILE, VECTORS_FILE, CaseStore, CaseStoreError
 from tools.embeddings import Embedder, load_clip_embedder, load_offline_embedder
 from tools.image_io import ArtifactStore, ImageRef
 
 logger = logging.getLogger(__name__)
+
+LIBRARY_FILES = (CASES_FILE, VECTORS_FILE, INDEX_FILE)
 
 _lock = threading.Lock()
 _case_stores: dict[tuple[str, str], CaseStore] = {}
@@ -72,6 +74,13 @@ def case_store(context: Context, embedder: Embedder) -> CaseStore:
 def _open_or_seed(directory: Path, embedder: Embedder) -> CaseStore:
     if CaseStore.exists(directory):
         return CaseStore.open(directory, embedder.id, embedder.dim)
+    leftovers = [name for name in LIBRARY_FILES if (directory / name).exists()]
+    if leftovers:
+        # Seeding here would overwrite cases that were learned or ingested; only the user can decide to drop them.
+        raise CaseStoreError(
+            f"case library {directory} is incomplete: manifest.json is missing but {', '.join(leftovers)} exist; "
+            "restore manifest.json, or move the folder away to start a new library"
+        )
 
     started = time.perf_counter()
     cases = starter_cases()

@@ -277,3 +277,17 @@ def test_explicit_full_profile_does_not_fall_back(tmp_path):
     assert result.returncode == 2
     assert "no-such-clip" in result.stderr
     assert "using the offline profile" not in result.stderr
+
+
+def test_missing_manifest_keeps_library(tmp_path):
+    home = tmp_path / "home"
+    ragedit("edit", CAT, "make the colours 35% more saturated", "-o", tmp_path / "a.png", "--profile", "offline",
+            home=home)
+    library = home / "cases" / "offline"
+    cases_before = (library / "cases.jsonl").read_text()
+    (library / "manifest.json").unlink()
+    result = ragedit("index", "stats", "--profile", "offline", home=home)
+
+    assert result.returncode == 2
+    assert "manifest.json is missing" in result.stderr
+    assert (library / "cases.jsonl").read_text() == cases_before
