@@ -56,8 +56,8 @@ ProfileOption = typer.Option(
 def resolve_profile(requested: "ProfileName | None", clip_model: str | None) -> str:
     """Return the profile to run: the one requested, else $RAGEDIT_PROFILE, else full when CLIP loads, else offline.
 
-    Falling back to offline keeps a first command working on a machine without the weights or a network; a note on
-    stderr says so, and --profile full turns the fallback into an error.
+    Falling back to offline keeps a first command working on a machine without the weights or a network. A note on
+    stderr reports the fallback, and --profile full turns it into an error.
     """
     if requested is not None:
         return ProfileName(requested).value
@@ -232,7 +232,7 @@ def edit(
         None, "--clip-model", help="open_clip model name or local folder.",
         show_default="ViT-B-32 with laion2b_s34b_b79k weights",
     ),
-    max_side: int = typer.Option(512, "--max-side", help="Longest side in pixels that InstructPix2Pix works at."),
+    max_side: int = typer.Option(512, "--max-side", help="Maximum side length in pixels that InstructPix2Pix works at."),
     device: str = typer.Option(
         "", "--device", help="Torch device: cpu, cuda, cuda:N or mps.", show_default="the fastest available"
     ),
@@ -269,7 +269,7 @@ def edit(
 
 def report_internal_error(error: Exception, verbose: bool) -> None:
     if isinstance(error, BrokenPipeError):
-        # The reader of our output went away (`ragedit ... | head`); there is nobody left to tell.
+        # The reader of the output has exited (`ragedit ... | head`), so there is no one to report to.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(EXIT_INTERNAL)
     if verbose:

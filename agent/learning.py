@@ -100,7 +100,7 @@ def _input_image_vectors(state: EditState, context: Context, indexes: list[int])
         if reference is None:
             rows.append(np.zeros(clip.dim, dtype=np.float32))
             continue
-        rows.append(resources.image_embedding(clip, reference, artifacts.get(reference)))
+        rows.append(resources.image_embedding(clip, reference, lambda: artifacts.get(reference)))
     return np.stack(rows)
 
 

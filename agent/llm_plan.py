@@ -3,7 +3,7 @@
 The model receives the instruction as quoted data and may only return a plan in a fixed JSON shape: subtasks routed to
 the two editing tools, and things to preserve. The plan is validated with a Pydantic schema, so text in the
 instruction cannot add tools, name files or change settings. Invalid output, a refusal, a timeout or an exception
-falls back to the rules decomposer, with a logged warning that says why.
+falls back to the rules decomposer, with a logged warning that gives the reason.
 """
 
 from __future__ import annotations

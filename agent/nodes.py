@@ -110,8 +110,8 @@ def retrieve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
     query = embedder.embed_texts([subtask["text"]])[0]
     image_query = None
     if embedder.supports_images:
-        image = resources.artifact_store(context).get(state["current"])
-        image_query = resources.image_embedding(embedder, state["current"], image)
+        artifacts = resources.artifact_store(context)
+        image_query = resources.image_embedding(embedder, state["current"], lambda: artifacts.get(state["current"]))
     retrieved = to_retrieved(store.search(query, context.retrieval_k, image_vector=image_query))
     params = first_params(subtask, retrieved, context)
     update: dict[str, Any] = {"retrieved": retrieved}

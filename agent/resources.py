@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from importlib import resources as package_resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -93,8 +93,13 @@ def _open_or_seed(directory: Path, embedder: Embedder) -> CaseStore:
     return store
 
 
-def image_embedding(embedder: Embedder, ref: ImageRef, image: Image.Image) -> np.ndarray:
-    """Return the embedding of an artifact image, computing it only the first time it is asked for."""
+def image_embedding(
+    embedder: Embedder, ref: ImageRef, image: Image.Image | Callable[[], Image.Image]
+) -> np.ndarray:
+    """Return the embedding of an artifact image, computing it only the first time it is requested.
+
+    `image` may be a function that loads the image, so a cached embedding costs no decode.
+    """
     key = (embedder.id, ref["sha256"])
     with _lock:
         cached = _image_embeddings.get(key)
@@ -102,7 +107,7 @@ def image_embedding(embedder: Embedder, ref: ImageRef, image: Image.Image) -> np
             _image_embeddings.move_to_end(key)
             return cached
 
-    vector = embedder.embed_images([image])[0]
+    vector = embedder.embed_images([image() if callable(image) else image])[0]
     with _lock:
         _image_embeddings[key] = vector
         while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
