@@ -14,11 +14,12 @@ import signal
 import sys
 from pathlib import Path
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
 from agent.decompose import InstructionError, decompose
+from tools.image_io import ImageInputError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -248,23 +249,39 @@ def edit(
     """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
     configure_logging(verbose)
     quiet_model_libraries()
-    try:
-        code = _run_edit(
+    code = run_guarded(
+        lambda: _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
             editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
             contact_sheet=contact_sheet, overwrite=overwrite, home=home, llm=llm,
-        )
-    except (UsageError, InstructionError, FileExistsError) as error:
-        fail(str(error))
+        ),
+        verbose,
+        input_errors=(ImageInputError,),
+    )
+    raise typer.Exit(code)
+
+
+def run_guarded(command: Callable[[], Any], verbose: bool, input_errors: tuple[type[Exception], ...] = ()) -> Any:
+    """Run a command's work, turning each error into one line: exit 2 for bad input, 1 for an internal error."""
+    from tools.case_store import CaseStoreError
+    from tools.embeddings import EmbedderUnavailableError
+
+    try:
+        return command()
     except typer.Exit:
         raise
+    except CaseStoreError as error:
+        fail(case_library_message(error))
+    except EmbedderUnavailableError as error:
+        fail(f"{error}; or run with --profile offline, which downloads nothing")
+    except (UsageError, InstructionError, FileExistsError, *input_errors) as error:
+        fail(str(error))
     except OSError as error:
         if error.filename is None:
             report_internal_error(error, verbose)
         fail(f"{error.strerror or 'input/output error'}: {error.filename}; check the path and its permissions")
     except Exception as error:  # noqa: BLE001 - the CLI must never show a traceback unless asked to
         report_internal_error(error, verbose)
-    raise typer.Exit(code)
 
 
 def report_internal_error(error: Exception, verbose: bool) -> None:
@@ -278,10 +295,6 @@ def report_internal_error(error: Exception, verbose: bool) -> None:
 
 
 def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> int:
-    from tools.image_io import ImageInputError
-    from tools.case_store import CaseStoreError
-    from tools.embeddings import EmbedderUnavailableError
-
     decompose(instruction)  # rejects an empty or oversized instruction before anything loads
     if options["llm"]:
         _planner(options["llm"])  # rejects an unknown provider or a missing package before anything loads
@@ -304,14 +317,7 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
         "output_path": str(output),
         "overwrite": options["overwrite"],
     }
-    try:
-        final = _stream_run(state_input, context)
-    except ImageInputError as error:
-        raise UsageError(str(error)) from None
-    except CaseStoreError as error:
-        raise UsageError(case_library_message(error)) from None
-    except EmbedderUnavailableError as error:
-        raise UsageError(f"{error}; or run with --profile offline, which downloads nothing") from None
+    final = _stream_run(state_input, context)
 
     report_data = build_report(instruction, context, final)
     if options["report"]:

@@ -15,13 +15,12 @@ from agent.cli import (
     ProfileName,
     ProfileOption,
     UsageError,
-    case_library_message,
     check_home,
     configure_logging,
     fail,
     quiet_model_libraries,
-    report_internal_error,
     resolve_profile,
+    run_guarded,
 )
 
 index_app = typer.Typer(
@@ -112,27 +111,10 @@ def index_search(
 def _run_index_command(command: Any, verbose: bool) -> None:
     """Run an index command, turning input errors into one line and exit status 2."""
     from agent.ingest import IngestError
-    from tools.case_store import CaseStoreError
-    from tools.embeddings import EmbedderUnavailableError
     from tools.image_io import ImageInputError
 
     quiet_model_libraries()
-    try:
-        command()
-    except CaseStoreError as error:
-        fail(case_library_message(error))
-    except (UsageError, IngestError, ImageInputError) as error:
-        fail(str(error))
-    except EmbedderUnavailableError as error:
-        fail(f"{error}; or run with --profile offline, which downloads nothing")
-    except typer.Exit:
-        raise
-    except OSError as error:
-        if error.filename is None:
-            report_internal_error(error, verbose)
-        fail(f"{error.strerror or 'input/output error'}: {error.filename}; check the path and its permissions")
-    except Exception as error:  # noqa: BLE001 - the CLI must never show a traceback unless asked to
-        report_internal_error(error, verbose)
+    run_guarded(command, verbose, input_errors=(IngestError, ImageInputError))
 
 
 def _index_context(profile: ProfileName | None, home: Path | None, clip_model: str | None) -> Any:
