@@ -512,7 +512,7 @@ def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     and renamed, so exiting without that wait cannot leave a half-written output.
     """
     sys.stdout.flush()
-    sys.stderr.write("ragedit: error: interrupted; no output was written unless it says so above\n")
+    sys.stderr.write("ragedit: error: interrupted; no output was written unless a 'Wrote' line above names it\n")
     sys.stderr.flush()
     os._exit(130)
 
