@@ -34,17 +34,17 @@ class ClipScores(TypedDict):
 
 def image_similarity(embedder: Embedder, a: Image.Image, b: Image.Image) -> float:
     """Compute the CLIP cosine similarity of two images."""
-    _check_supports_images(embedder)
+    check_supports_images(embedder)
     vectors = embedder.embed_images([a, b])
-    return _cosine_of_unit_vectors(vectors[0], vectors[1])
+    return cosine_of_unit_vectors(vectors[0], vectors[1])
 
 
 def text_similarity(embedder: Embedder, image: Image.Image, text: str) -> float:
     """Compute the CLIP cosine similarity of an image and a text."""
-    _check_supports_images(embedder)
+    check_supports_images(embedder)
     image_vector = embedder.embed_images([image])[0]
     text_vector = embedder.embed_texts([text])[0]
-    return _cosine_of_unit_vectors(image_vector, text_vector)
+    return cosine_of_unit_vectors(image_vector, text_vector)
 
 
 def directional_similarity(
@@ -68,28 +68,44 @@ def score_edit(
     `source_embedding` is the source image's embedding from an earlier call (embed_images), so a critic that
     scores several attempts on the same source does not embed it again.
     """
-    _check_supports_images(embedder)
+    check_supports_images(embedder)
     if source_embedding is None:
         source_vector, edited_vector = embedder.embed_images([source, edited])
     else:
         source_vector = _check_source_embedding(source_embedding, embedder.dim)
         edited_vector = embedder.embed_images([edited])[0]
     source_text_vector, target_text_vector = embedder.embed_texts([source_caption, target_caption])
+    return scores_from_vectors(source_vector, edited_vector, source_text_vector, target_text_vector)
 
+
+def scores_from_vectors(
+    source_vector: np.ndarray, edited_vector: np.ndarray, source_text_vector: np.ndarray, target_text_vector: np.ndarray
+) -> ClipScores:
+    """Compute the three CLIP scores from L2-normalised embeddings of the two images and the two captions."""
     return ClipScores(
-        clip_image=_cosine_of_unit_vectors(source_vector, edited_vector),
-        clip_text=_cosine_of_unit_vectors(edited_vector, target_text_vector),
-        clip_directional=_cosine_of_differences(
+        clip_image=cosine_of_unit_vectors(source_vector, edited_vector),
+        clip_text=cosine_of_unit_vectors(edited_vector, target_text_vector),
+        clip_directional=cosine_of_differences(
             edited_vector - source_vector, target_text_vector - source_text_vector
         ),
     )
 
 
-def _cosine_of_unit_vectors(a: np.ndarray, b: np.ndarray) -> float:
+def similarity_matrix(image_vectors: np.ndarray, text_vectors: np.ndarray) -> np.ndarray:
+    """Return the (images, texts) cosine similarities of L2-normalised embeddings, clamped to [-1, 1]."""
+    matrix = np.asarray(image_vectors, dtype=np.float32) @ np.asarray(text_vectors, dtype=np.float32).T
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("invalid CLIP similarity: the embeddings contain NaN or infinity")
+    return np.clip(matrix, -1.0, 1.0)
+
+
+def cosine_of_unit_vectors(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the cosine of two L2-normalised vectors, clamped to [-1, 1]."""
     return _clamp(float(np.dot(a, b)))
 
 
-def _cosine_of_differences(image_change: np.ndarray, text_change: np.ndarray) -> float:
+def cosine_of_differences(image_change: np.ndarray, text_change: np.ndarray) -> float:
+    """Return the cosine of two difference vectors, or 0.0 when either is too short to have a direction."""
     image_norm = float(np.linalg.norm(image_change))
     text_norm = float(np.linalg.norm(text_change))
     if image_norm < _MIN_DIFFERENCE_NORM or text_norm < _MIN_DIFFERENCE_NORM:
@@ -103,7 +119,8 @@ def _clamp(value: float) -> float:
     return min(1.0, max(-1.0, value))
 
 
-def _check_supports_images(embedder: Embedder) -> None:
+def check_supports_images(embedder: Embedder) -> None:
+    """Raise ValueError for an embedder that cannot embed images."""
     if not embedder.supports_images:
         raise ValueError(f"embedder {embedder.id} cannot embed images: CLIP scores need a CLIP embedder")
 
