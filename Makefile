@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(BIN)/ragedit edit agent/data/cat.png "$(DEMO_INSTRUCTION)" --profile offline \
-		-o demo-output/cat.png --report demo-output/report.json --contact-sheet demo-output/steps.png --overwrite
+		-o demo-output/cat.png --report demo-output/report.json --sheet demo-output/steps.png --overwrite
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

@@ -225,6 +225,10 @@ def edit(
         0, "--steps", help="InstructPix2Pix denoising steps; 0 takes them from retrieved cases, else 20."
     ),
     max_attempts: int = typer.Option(3, "--max-attempts", help="Attempts per subtask before giving up."),
+    candidates: int = typer.Option(
+        1, "--candidates", help="Images InstructPix2Pix makes per attempt in one batched call; the critic keeps the "
+        "best. Candidate i uses seed + i.",
+    ),
     editor_model: Optional[str] = typer.Option(
         None, "--editor-model", help="InstructPix2Pix weights: a Hugging Face id or a local diffusers folder.",
         show_default="timbrooks/instruct-pix2pix",
@@ -238,8 +242,9 @@ def edit(
         "", "--device", help="Torch device: cpu, cuda, cuda:N or mps.", show_default="the fastest available"
     ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the plan and every attempt."),
-    contact_sheet: Optional[Path] = typer.Option(
-        None, "--contact-sheet", help="Write an image of the input and the result of each subtask side by side."
+    sheet: Optional[Path] = typer.Option(
+        None, "--sheet", "--contact-sheet",
+        help="Write a picture of the run: the input, then each subtask's kept output with its scores and verdict.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output or report file."),
     home: Optional[Path] = HomeOption,
@@ -252,8 +257,9 @@ def edit(
     code = run_guarded(
         lambda: _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
+            candidates=candidates,
             editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
-            contact_sheet=contact_sheet, overwrite=overwrite, home=home, llm=llm,
+            sheet=sheet, overwrite=overwrite, home=home, llm=llm,
         ),
         verbose,
         input_errors=(ImageInputError,),
@@ -298,18 +304,10 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     decompose(instruction)  # rejects an empty or oversized instruction before anything loads
     if options["llm"]:
         _planner(options["llm"])  # rejects an unknown provider or a missing package before anything loads
-    targets = {"output": output, "report": options["report"], "contact sheet": options["contact_sheet"]}
+    targets = {"output": output, "report": options["report"], "sheet": options["sheet"]}
     _check_paths(image, targets, options["overwrite"])
     check_home(options["home"])
-    options["profile"] = resolve_profile(options["profile"], options["clip_model"])
-    _check_editor_model(options["editor_model"], options["profile"])
-
-    try:
-        context = _make_context(options)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    if context.profile == "offline":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    context = resolve_context(options)
 
     state_input = {
         "image_path": str(image),
@@ -324,15 +322,29 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
         from agent.report import write_json_atomic
 
         write_json_atomic(report_data, options["report"], overwrite=options["overwrite"])
-    if options["contact_sheet"]:
-        from agent.report import write_contact_sheet
+    if options["sheet"]:
+        from agent.report import write_run_sheet
 
-        write_contact_sheet(final, context.artifact_dir, options["contact_sheet"], overwrite=options["overwrite"])
-    _print_summary(report_data, options["report"], options["contact_sheet"])
+        write_run_sheet(final, context.artifact_dir, options["sheet"], overwrite=options["overwrite"])
+    _print_summary(report_data, options["report"], options["sheet"])
     return EXIT_OK if all(item["status"] == "accepted" for item in report_data["subtasks"]) else EXIT_INCOMPLETE
 
 
-def _make_context(options: dict[str, Any]) -> Any:
+def resolve_context(options: dict[str, Any]) -> Any:
+    """Resolve the profile, check the editor model and build the run's Context from command-line options."""
+    options["profile"] = resolve_profile(options["profile"], options["clip_model"])
+    check_editor_model(options["editor_model"], options["profile"])
+    try:
+        context = make_context(options)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if context.profile == "offline":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return context
+
+
+def make_context(options: dict[str, Any]) -> Any:
+    """Build the run's Context from command-line options; raises ValueError for an invalid setting."""
     from agent.context import Context
 
     return Context(
@@ -341,6 +353,7 @@ def _make_context(options: dict[str, Any]) -> Any:
         seed=options["seed"],
         steps=options["steps"],
         max_attempts=options["max_attempts"],
+        candidates=options["candidates"],
         max_side=options["max_side"],
         device=options["device"],
         **{key: options[key] for key in ("editor_model", "clip_model", "llm") if options[key]},
@@ -368,7 +381,7 @@ def _check_paths(image: Path, targets: dict[str, Path | None], overwrite: bool) 
             raise UsageError(f"{label} {path} exists; pass --overwrite to replace it")
         _check_writable(label, path)
 
-    for label in ("output", "contact sheet"):
+    for label in ("output", "sheet"):
         path = targets.get(label)
         if path is not None and path.suffix.lower() not in OUTPUT_SUFFIXES:
             raise UsageError(
@@ -391,7 +404,8 @@ def _check_writable(label: str, path: Path) -> None:
         raise UsageError(f"cannot write {label} {path}: no permission to write in {existing}")
 
 
-def _check_editor_model(editor_model: str | None, profile: str) -> None:
+def check_editor_model(editor_model: str | None, profile: str) -> None:
+    """Reject an --editor-model folder that does not exist; note that the offline profile ignores the option."""
     if not editor_model:
         return
     if ProfileName(profile) is ProfileName.offline:
@@ -442,9 +456,11 @@ class ProgressPrinter:
         if kind == "plan":
             _print_plan(event["subtasks"], event["preserve"])
         elif kind == "attempt":
-            typer.echo(f"- {event['subtask']}: attempt {event['number']} ({_format_params(event['params'])})")
+            batch = f"{event['candidates']} candidates, " if event.get("candidates", 1) > 1 else ""
+            typer.echo(f"- {event['subtask']}: attempt {event['number']} ({batch}{_format_params(event['params'])})")
         elif kind == "critique":
-            typer.echo(f"    {event['verdict']}: {event['reason']}")
+            candidate = f"candidate {event['candidate']}/{event['candidates']}: " if event.get("candidates", 1) > 1 else ""
+            typer.echo(f"    {candidate}{event['verdict']}: {event['reason']}")
         elif kind == "verdict" and event["status"] == "accepted":
             typer.echo(f"  => {event['subtask']}: ACCEPTED")
         elif kind == "verdict":
@@ -485,7 +501,7 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
     return build(instruction, context, final)
 
 
-def _print_summary(report_data: dict[str, Any], report_path: Path | None, contact_sheet: Path | None) -> None:
+def _print_summary(report_data: dict[str, Any], report_path: Path | None, sheet: Path | None) -> None:
     counts = {status: 0 for status in ("accepted", "failed", "skipped")}
     for item in report_data["subtasks"]:
         counts[item["status"]] += 1
@@ -498,8 +514,8 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None, contac
         typer.echo(f"Wrote {output['path']} ({output['width']}x{output['height']})")
     if report_path:
         typer.echo(f"Report: {report_path}")
-    if contact_sheet:
-        typer.echo(f"Steps: {contact_sheet}")
+    if sheet:
+        typer.echo(f"Sheet: {sheet}")
 
 
 
@@ -544,6 +560,8 @@ if __name__ == "__main__":
 
     run()
 else:
-    from agent.cli_index import index_app  # noqa: E402 - the sub-app imports shared options from this module
+    from agent.cli_eval import evaluate_command  # noqa: E402 - these modules import shared options from this one
+    from agent.cli_index import index_app  # noqa: E402
 
     app.add_typer(index_app, name="index")
+    app.command(name="evaluate")(evaluate_command)

@@ -17,6 +17,8 @@ Profile = Literal["full", "offline"]
 # Largest seed a torch.Generator accepts, less headroom for the seeds that retries derive from it.
 MAX_SEED = 2**63 - 1 - 2**20
 PROFILES: tuple[str, ...] = ("full", "offline")
+# Candidates per batched InstructPix2Pix call; each one costs a full denoising run's memory on the device.
+MAX_CANDIDATES = 8
 
 
 def default_home() -> Path:
@@ -82,6 +84,46 @@ class Context:
             "real editors average about 0.08 to 0.14, so the default only rejects edits that went the wrong way."
         ),
     )
+    max_preserve_drop: float = field(
+        default=0.03,
+        **_describe(
+            "Largest allowed drop in CLIP similarity between the image and each thing the user asked to keep; "
+            "a larger drop means the edit changed or removed it."
+        ),
+    )
+    max_local_change: float = field(
+        default=0.8,
+        **_describe(
+            "Largest share of pixels (0 to 1) that a local edit (add, remove or replace an object, change its colour) "
+            "may change visibly; more means the editor repainted the whole photo."
+        ),
+    )
+    max_amount_error: float = field(
+        default=0.5,
+        **_describe(
+            "Allowed relative error between the measured change of an adjust edit and the change its stated amount "
+            "gives: 0.5 accepts from half to one and a half times the expected change."
+        ),
+    )
+    candidates: int = field(
+        default=1,
+        **_describe(
+            "Images InstructPix2Pix makes per attempt in one batched call; the critic keeps the best. "
+            f"Candidate i uses seed + i. At most {MAX_CANDIDATES}."
+        ),
+    )
+    use_decomposition: bool = field(
+        default=True,
+        **_describe("Split the instruction into subtasks; off sends the whole instruction to InstructPix2Pix (ablation)."),
+    )
+    use_retrieval: bool = field(
+        default=True,
+        **_describe("Take tools and parameters from similar past edits; off uses the defaults (ablation)."),
+    )
+    use_critic: bool = field(
+        default=True,
+        **_describe("Check every attempt and retry failed ones; off accepts the first output unchecked (ablation)."),
+    )
     learn: bool = field(default=True, **_describe("Add accepted attempts to the case library at the end of the run."))
     llm: str = field(
         default="",
@@ -99,6 +141,12 @@ class Context:
             raise ValueError(f"invalid max_attempts {self.max_attempts}: use 1 or more")
         if self.steps < 0:
             raise ValueError(f"invalid steps {self.steps}: use 1 or more, or 0 to take them from retrieved cases")
+        if not 1 <= self.candidates <= MAX_CANDIDATES:
+            raise ValueError(f"invalid candidates {self.candidates}: use 1 to {MAX_CANDIDATES}")
+        for name in ("max_preserve_drop", "max_local_change", "max_amount_error"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"invalid {name} {value}: use a number from 0 to 1")
         if self.max_side < 64:
             raise ValueError(f"invalid max_side {self.max_side}: use 64 pixels or more")
         if not 0 <= self.seed <= MAX_SEED:

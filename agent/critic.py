@@ -7,6 +7,7 @@ accept and retry. When every attempt fails them, the best valid attempt is kept.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from PIL import Image
 
 from agent.context import Context
 from agent.state import Attempt, RetrievedCase, Subtask, Verdict
-from tools.adjust import expected_direction, measure_property, output_size
+from tools.adjust import adjust, expected_direction, measure_property, output_size
 
 # Standard deviation of luminance (0 to 1) under which an output counts as constant: the safety checker's black
 # frame, or a NaN output from half precision decoded to zeros.
@@ -42,8 +43,12 @@ def judge_image(
     after: Image.Image,
     context: Context,
     clip_scores: dict[str, float] | None = None,
+    preserve_scores: dict[str, tuple[float, float]] | None = None,
 ) -> Judgement:
-    """Run the image checks (and the CLIP checks when `clip_scores` is given) on one attempt's output."""
+    """Run the image checks, and the CLIP checks when `clip_scores` is given, on one attempt's output.
+
+    `preserve_scores` maps each thing to keep to its CLIP similarity with the image before and after the edit.
+    """
     expected = _expected_size(subtask, params, before.size)
     if after.size != expected:
         return Judgement(False, False, f"output is {_size(after.size)}, expected {_size(expected)}", {}, -1.0)
@@ -55,19 +60,88 @@ def judge_image(
     # with some structure can reveal a blank output.
     input_has_structure = float(before_pixels.mean(axis=2).std()) >= BLANK_STD
     if input_has_structure and scores["luminance_std"] < BLANK_STD:
-        return Judgement(False, False, "output is blank or nearly constant (a safety-checker or NaN output)", scores, -1.0)
+        return Judgement(False, False, BLANK_REASON, scores, -1.0)
 
+    failures: list[str] = []
     if after.size == before.size:
-        change = float(np.abs(after_pixels - before_pixels).mean())
-        scores["mean_change"] = change
-        if change < context.min_change and not _is_identity_allowed(subtask, params):
-            return Judgement(
-                True, False, f"mean pixel change {change:.4f} below {context.min_change}: the edit did nothing", scores, change
-            )
+        change = np.abs(after_pixels - before_pixels).mean(axis=2)
+        scores["mean_change"] = float(change.mean())
+        if scores["mean_change"] < context.min_change and not _is_identity_allowed(subtask, params):
+            reason = f"mean pixel change {scores['mean_change']:.4f} below {context.min_change}: the edit did nothing"
+            return Judgement(True, False, reason, scores, scores["mean_change"])
+        if is_local_edit(subtask):
+            scores["changed_fraction"] = float((change > LOCAL_PIXEL_CHANGE).mean())
+            failures += _check_local_change(scores["changed_fraction"], context)
 
     if subtask["tool"] == "adjust":
-        return _judge_adjust(subtask, params, before, after, scores)
-    return _judge_semantic(context, scores, clip_scores)
+        judgement = _judge_adjust(subtask, params, before, after, scores, context)
+    else:
+        judgement = _judge_semantic(context, scores, clip_scores)
+        failures += _check_preserved(preserve_scores or {}, scores, context)
+    if judgement.passed and failures:
+        return Judgement(True, False, failures[0], judgement.scores, judgement.quality)
+    return judgement
+
+
+BLANK_REASON = "output is blank or nearly constant (a safety-checker blackout or a NaN output)"
+# Per-pixel change (0 to 1, mean over channels) above which a pixel counts as visibly changed. The VAE's round trip
+# alone moves most pixels of an InstructPix2Pix output by a few hundredths, which stays below it.
+LOCAL_PIXEL_CHANGE = 0.15
+# Edit kinds that touch one object, person or region; the rest (styles, weather, time of day, seasons) may repaint
+# everything.
+LOCAL_EDIT_KINDS = ("remove", "add", "replace", "color", "expression", "person", "material", "texture")
+
+
+def is_local_edit(subtask: Subtask) -> bool:
+    """Tell whether a subtask should change one object or region rather than the whole photo."""
+    from agent.edit_kinds import infer_edit_kind
+
+    return subtask["tool"] == "instruct_pix2pix" and infer_edit_kind(subtask["text"]) in LOCAL_EDIT_KINDS
+
+
+def _check_local_change(fraction: float, context: Context) -> list[str]:
+    if fraction <= context.max_local_change:
+        return []
+    return [
+        f"changed {fraction:.0%} of the pixels, above {context.max_local_change:.0%}: a local edit should leave "
+        "most of the photo alone"
+    ]
+
+
+def preserved_for(subtask: Subtask, preserve: list[str]) -> list[str]:
+    """Return the things to keep that this subtask may not change: those whose head noun its text does not name.
+
+    "make the bridge red" may change "the bridge", but "add a hat to the cat" must still keep "the cat's face".
+    """
+    words = {_singular(word) for word in re.findall(r"[a-z]+", subtask["text"].lower())}
+    kept = []
+    for item in preserve:
+        nouns = [word for word in re.findall(r"[a-z]+", item.lower().replace("'s", "")) if word not in ARTICLES]
+        if not nouns or _singular(nouns[-1]) not in words:
+            kept.append(item)
+    return kept
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and not word.endswith("ss") else word
+
+
+ARTICLES = {"the", "a", "an", "his", "her", "their", "its", "my", "our", "your", "of", "and"}
+
+
+def _check_preserved(
+    preserve_scores: dict[str, tuple[float, float]], scores: dict[str, float], context: Context
+) -> list[str]:
+    failures = []
+    for item, (before, after) in preserve_scores.items():
+        drop = before - after
+        scores[f"preserve_drop:{item}"] = drop
+        if drop > context.max_preserve_drop:
+            failures.append(
+                f"similarity to '{item}' fell {drop:.3f} ({before:.3f} -> {after:.3f}), more than "
+                f"{context.max_preserve_drop:.3f}: the edit changed something you asked to keep"
+            )
+    return failures
 
 
 def _size(size: tuple[int, int]) -> str:
@@ -89,7 +163,12 @@ def _is_identity_allowed(subtask: Subtask, params: dict[str, Any]) -> bool:
 
 
 def _judge_adjust(
-    subtask: Subtask, params: dict[str, Any], before: Image.Image, after: Image.Image, scores: dict[str, float]
+    subtask: Subtask,
+    params: dict[str, Any],
+    before: Image.Image,
+    after: Image.Image,
+    scores: dict[str, float],
+    context: Context,
 ) -> Judgement:
     operation = params["operation"]
     direction = expected_direction(operation, params.get("amount"))
@@ -104,16 +183,48 @@ def _judge_adjust(
     move = (measured_after - measured_before) * direction
     scale = max(abs(measured_before), 1e-3)
     word = "up" if direction > 0 else "down"
+    measured = f"{operation} measured {measured_before:.3f} -> {measured_after:.3f}"
     if move / scale < MIN_RELATIVE_MOVE:
-        reason = f"{operation} measured {measured_before:.3f} -> {measured_after:.3f}: did not move {word} enough"
-        return Judgement(True, False, reason, scores, move / scale)
-    reason = f"{operation} measured {measured_before:.3f} -> {measured_after:.3f} ({word} as requested)"
-    return Judgement(True, True, reason, scores, move / scale)
+        return Judgement(True, False, f"{measured}: did not move {word} enough", scores, move / scale)
+
+    failure = _check_amount(subtask, before, measured_before, move, direction, scores, context)
+    if failure:
+        return Judgement(True, False, f"{measured}, {failure}", scores, move / scale)
+    return Judgement(True, True, f"{measured} ({word} as requested)", scores, move / scale)
+
+
+def _check_amount(
+    subtask: Subtask,
+    before: Image.Image,
+    measured_before: float,
+    move: float,
+    direction: int,
+    scores: dict[str, float],
+    context: Context,
+) -> str:
+    """Compare the measured move with the move the requested amount gives; return a failure or ""."""
+    requested = subtask.get("amount")
+    operation = subtask.get("operation")
+    if requested is None or operation is None or expected_direction(operation, requested) != direction:
+        return ""
+    expected_value = measure_property(adjust(before, operation, requested), operation)
+    assert expected_value is not None
+    expected_move = (expected_value - measured_before) * direction
+    if expected_move <= MIN_RELATIVE_MOVE * max(abs(measured_before), 1e-3):
+        # The image is already at the limit (brightening white), so no amount can be measured.
+        return ""
+    ratio = move / expected_move
+    scores["amount_ratio"] = ratio
+    if abs(ratio - 1.0) <= context.max_amount_error:
+        return ""
+    size = "too little" if ratio < 1.0 else "too much"
+    return f"but the requested {requested:g} should give about {expected_value:.3f}: moved {size}"
 
 
 def _judge_semantic(context: Context, scores: dict[str, float], clip_scores: dict[str, float] | None) -> Judgement:
     if clip_scores is None:
-        return Judgement(True, True, "image checks passed (no CLIP model, so no semantic check)", scores, 0.0)
+        quality = scores.get("mean_change", 0.0)
+        return Judgement(True, True, "image checks passed (no CLIP model, so no semantic check)", scores, quality)
 
     scores.update(clip_scores)
     quality = clip_scores["clip_directional"] + clip_scores["clip_text"] + 0.5 * clip_scores["clip_image"]
@@ -136,6 +247,15 @@ def _judge_semantic(context: Context, scores: dict[str, float], clip_scores: dic
         )
         return Judgement(True, False, reason, scores, quality)
     return Judgement(True, True, "image and CLIP checks passed", scores, quality)
+
+
+def rank_candidates(judgements: list[Judgement]) -> list[int]:
+    """Order candidate indexes best first: passing before failing, valid before invalid, then by quality."""
+    return sorted(
+        range(len(judgements)),
+        key=lambda index: (judgements[index].passed, judgements[index].valid, judgements[index].quality),
+        reverse=True,
+    )
 
 
 def verdict_for(judgement: Judgement, attempt_number: int, max_attempts: int) -> Verdict:

@@ -166,6 +166,17 @@ def decompose(instruction: str) -> Plan:
     return Plan(subtasks=subtasks, preserve=preserve)
 
 
+def whole_instruction_plan(instruction: str) -> Plan:
+    """Return a plan of one InstructPix2Pix subtask holding the whole instruction, as a single editor call sees it."""
+    text = clean_instruction(instruction)
+    before_caption, after_caption = captions_for(text)
+    subtask = Subtask(
+        index=0, text=text, tool="instruct_pix2pix", operation=None, amount=None,
+        before_caption=before_caption, after_caption=after_caption,
+    )
+    return Plan(subtasks=[subtask], preserve=[])
+
+
 def _append_unique(items: list[str], item: str) -> None:
     if item and item not in items:
         items.append(item)

@@ -76,7 +76,8 @@ def _outcomes_by_subtask(state: EditState) -> dict[int, tuple[Attempt | None, li
     """Group attempts that produced an image into (accepted attempt or None, rejected attempts) per subtask."""
     outcomes: dict[int, tuple[Attempt | None, list[Attempt]]] = {}
     for attempt in state.get("attempts", []):
-        if attempt["image"] is None:
+        if attempt["image"] is None or attempt["verdict"] == "outscored":
+            # An outscored candidate passed the critic, so it is no failure; the accepted one is the success.
             continue
         accepted, failed = outcomes.get(attempt["subtask_index"], (None, []))
         if attempt["verdict"] == "accept":

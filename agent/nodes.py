@@ -15,10 +15,10 @@ from PIL import Image
 
 from agent import critic, resources
 from agent.context import Context
-from agent.decompose import decompose
+from agent.decompose import decompose, whole_instruction_plan
 from agent.learning import learn_from_run
 from agent.retrieval import first_params, to_retrieved
-from agent.state import Attempt, EditState, Memory, Subtask, SubtaskResult
+from agent.state import Attempt, EditState, Memory, RetrievedCase, Subtask, SubtaskResult
 from tools.adjust import AdjustError, adjust
 from tools.image_io import ImageRef, load_image, write_image_atomic
 from tools.instruct_pix2pix import DEFAULT_MODEL_ID, EditorUnavailableError, edit_image
@@ -67,7 +67,10 @@ def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any
     context = context_of(runtime)
     image = load_image(state["image_path"])
     source = resources.artifact_store(context).put(image)
-    plan = _decompose(state["instruction"], context)
+    if context.use_decomposition:
+        plan = _decompose(state["instruction"], context)
+    else:
+        plan = whole_instruction_plan(state["instruction"])
     _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": plan.preserve})
     memory = Memory(added=[], removed=[], changed=[], preserved=list(plan.preserve))
     return {
@@ -105,14 +108,7 @@ def retrieve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
     """
     context = context_of(runtime)
     subtask = _subtask(state)
-    embedder = resources.embedder_for(context)
-    store = resources.case_store(context, embedder)
-    query = embedder.embed_texts([subtask["text"]])[0]
-    image_query = None
-    if embedder.supports_images:
-        artifacts = resources.artifact_store(context)
-        image_query = resources.image_embedding(embedder, state["current"], lambda: artifacts.get(state["current"]))
-    retrieved = to_retrieved(store.search(query, context.retrieval_k, image_vector=image_query))
+    retrieved = _search_cases(state, subtask, context) if context.use_retrieval else []
     params = first_params(subtask, retrieved, context)
     update: dict[str, Any] = {"retrieved": retrieved}
 
@@ -131,6 +127,17 @@ def retrieve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
     return update
 
 
+def _search_cases(state: EditState, subtask: Subtask, context: Context) -> list[RetrievedCase]:
+    embedder = resources.embedder_for(context)
+    store = resources.case_store(context, embedder)
+    query = resources.text_embeddings(embedder, [subtask["text"]])[0]
+    image_query = None
+    if embedder.supports_images:
+        artifacts = resources.artifact_store(context)
+        image_query = resources.image_embedding(embedder, state["current"], lambda: artifacts.get(state["current"]))
+    return to_retrieved(store.search(query, context.retrieval_k, image_vector=image_query))
+
+
 def edit_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Run the subtask's tool with the next attempt's parameters and store the output as an artifact."""
     context = context_of(runtime)
@@ -138,22 +145,37 @@ def edit_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
     params = state["next_params"]
     store = resources.artifact_store(context)
     image = store.get(state["current"])
-    number = len(_subtask_attempts(state)) + 1
-    _emit({"event": "attempt", "subtask": subtask["text"], "number": number, "params": _public(params)})
+    number = _attempt_count(_subtask_attempts(state)) + 1
+    candidates = context.candidates if subtask["tool"] == "instruct_pix2pix" else 1
+    _emit({"event": "attempt", "subtask": subtask["text"], "number": number, "candidates": candidates,
+           "params": _public(params)})
 
     try:
-        output = _run_tool(subtask, params, image, context)
+        outputs = _run_tool(subtask, params, image, context)
     except EditorUnavailableError as error:
-        return {"pending_attempt": {"image": None, "error": str(error), "status": "skipped"}}
+        return {"pending_attempt": _no_image(str(error), "skipped")}
     except AdjustError as error:
         # An amount outside the operation's range ("make it 900% brighter") fails this subtask, not the run.
-        return {"pending_attempt": {"image": None, "error": str(error), "status": "failed"}}
-    return {"pending_attempt": {"image": store.put(output), "error": "", "status": ""}}
+        return {"pending_attempt": _no_image(str(error), "failed")}
+    seed = int(params.get("seed", 0))
+    return {
+        "pending_attempt": {
+            "images": [store.put(output) for output in outputs],
+            "seeds": [seed + index for index in range(len(outputs))],
+            "error": "",
+            "status": "",
+        }
+    }
 
 
-def _run_tool(subtask: Subtask, params: dict[str, Any], image: Image.Image, context: Context) -> Image.Image:
+def _no_image(error: str, status: str) -> dict[str, Any]:
+    return {"images": [], "seeds": [], "error": error, "status": status}
+
+
+def _run_tool(subtask: Subtask, params: dict[str, Any], image: Image.Image, context: Context) -> list[Image.Image]:
+    """Run the subtask's tool; InstructPix2Pix makes `context.candidates` images in one call, adjust makes one."""
     if subtask["tool"] == "adjust":
-        return adjust(image, params["operation"], params.get("amount"))
+        return [adjust(image, params["operation"], params.get("amount"))]
 
     def on_step(step: int, total: int) -> None:
         _emit({"event": "step", "subtask": subtask["text"], "step": step, "total": total})
@@ -166,75 +188,143 @@ def _run_tool(subtask: Subtask, params: dict[str, Any], image: Image.Image, cont
         steps=int(params["steps"]),
         guidance_scale=float(params["guidance_scale"]),
         image_guidance_scale=float(params["image_guidance_scale"]),
+        num_images=context.candidates,
         max_side=context.max_side,
         device=context.device or None,
         step_callback=on_step,
     )
-    return images[0]
+    return images
 
 
 def critique_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Judge the pending attempt; accept it, schedule a retry with new parameters, or give up keeping the best."""
+    """Judge the pending attempt's candidates; accept the best, schedule a retry with new parameters, or give up."""
     context = context_of(runtime)
     subtask = _subtask(state)
     pending = state["pending_attempt"]
     earlier = _subtask_attempts(state)
-    number = len(earlier) + 1
+    number = _attempt_count(earlier) + 1
     params = state["next_params"]
 
-    if pending["image"] is None:
-        attempt = _attempt(subtask, number, params, None, {}, "give_up", pending["error"], False, -1.0)
+    if not pending["images"]:
+        attempt = _attempt(subtask, number, 1, params, None, {}, "give_up", pending["error"], False, -1.0)
         result = _result(
             subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []), state["current"]
         )
         _emit({"event": "verdict", "subtask": subtask["text"], "status": pending["status"], "reason": pending["error"]})
         return {"attempts": [attempt], "results": [result], "subtask_index": state["subtask_index"] + 1}
 
-    judgement = _judge(state, subtask, params, pending["image"], context)
-    verdict = critic.verdict_for(judgement, number, context.max_attempts)
-    attempt = _attempt(
-        subtask, number, params, pending["image"], judgement.scores, verdict, judgement.reason, judgement.valid,
-        judgement.quality,
-    )
-    _emit({"event": "critique", "subtask": subtask["text"], "number": number, "verdict": verdict,
-           "reason": judgement.reason})
+    judgements = _judge_candidates(state, subtask, params, pending, context)
+    order = critic.rank_candidates(judgements)
+    chosen = order[0]
+    verdict = critic.verdict_for(judgements[chosen], number, context.max_attempts)
+    attempts = [
+        _candidate_attempt(subtask, number, index, params, pending, judgement, verdict, chosen, judgements[chosen])
+        for index, judgement in enumerate(judgements)
+    ]
+    for attempt in attempts:
+        _emit({"event": "critique", "subtask": subtask["text"], "number": number, "candidate": attempt["candidate"],
+               "candidates": len(attempts), "verdict": attempt["verdict"], "reason": attempt["reason"]})
+
     if verdict == "retry":
-        logger.info("retrying %r (attempt %d): %s", subtask["text"], number + 1, judgement.reason)
-        previous = [item["params"] for item in earlier] + [params]
-        return {"attempts": [attempt], "next_params": critic.retry_params(subtask, previous, state["retrieved"])}
+        logger.info("retrying %r (attempt %d): %s", subtask["text"], number + 1, judgements[chosen].reason)
+        previous = [item["params"] for item in earlier if item["candidate"] == 1] + [params]
+        return {"attempts": attempts, "next_params": critic.retry_params(subtask, previous, state["retrieved"])}
     if verdict == "accept":
-        return _finish_subtask(state, subtask, attempt, "accepted", judgement.reason, [attempt])
-    return _give_up(state, subtask, earlier + [attempt], attempt)
+        return _finish_subtask(state, subtask, attempts[chosen], "accepted", judgements[chosen].reason, attempts, number)
+    return _give_up(state, subtask, earlier + attempts, attempts[chosen], attempts, number)
 
 
-def _judge(
-    state: EditState, subtask: Subtask, params: dict[str, Any], output: ImageRef, context: Context
-) -> critic.Judgement:
+def _attempt_count(attempts: list[Attempt]) -> int:
+    return max((attempt["number"] for attempt in attempts), default=0)
+
+
+def _candidate_attempt(
+    subtask: Subtask,
+    number: int,
+    index: int,
+    params: dict[str, Any],
+    pending: dict[str, Any],
+    judgement: critic.Judgement,
+    verdict: str,
+    chosen: int,
+    best: critic.Judgement,
+) -> Attempt:
+    """Record one candidate: the chosen one carries the verdict; when it is accepted, the others are outscored."""
+    reason = judgement.reason
+    if index != chosen and verdict == "accept":
+        if judgement.passed:
+            reason = f"passed, but candidate {chosen + 1} scored higher ({best.quality:.3f} vs {judgement.quality:.3f})"
+        verdict = "outscored"
+    candidate_params = {**params, "seed": pending["seeds"][index]} if "seed" in params else dict(params)
+    return _attempt(
+        subtask, number, index + 1, candidate_params, pending["images"][index], judgement.scores, verdict, reason,
+        judgement.valid, judgement.quality,
+    )
+
+
+def _judge_candidates(
+    state: EditState, subtask: Subtask, params: dict[str, Any], pending: dict[str, Any], context: Context
+) -> list[critic.Judgement]:
+    if not context.use_critic:
+        return [critic.Judgement(True, True, "accepted unchecked: the critic is off", {}, 0.0) for _ in pending["images"]]
+
     store = resources.artifact_store(context)
     before = store.get(state["current"])
-    after = store.get(output)
-    clip_scores = None
+    afters = [store.get(ref) for ref in pending["images"]]
+    clip_rows: list[dict[str, float] | None] = [None] * len(afters)
+    preserve_rows: list[dict[str, tuple[float, float]] | None] = [None] * len(afters)
     clip = resources.clip_for(context) if subtask["tool"] == "instruct_pix2pix" else None
-    if clip is not None and before.size == after.size:
-        from tools.clip_scores import score_edit
-
-        source_embedding = resources.image_embedding(clip, state["current"], before)
-        clip_scores = dict(
-            score_edit(
-                clip, before, after, subtask["before_caption"], subtask["after_caption"], source_embedding=source_embedding
-            )
-        )
-    return critic.judge_image(subtask, params, before, after, context, clip_scores)
+    if clip is not None:
+        clip_rows, preserve_rows = _clip_scores(clip, state, subtask, before, afters)
+    return [
+        critic.judge_image(subtask, params, before, after, context, clip_row, preserve_row)
+        for after, clip_row, preserve_row in zip(afters, clip_rows, preserve_rows)
+    ]
 
 
-def _give_up(state: EditState, subtask: Subtask, attempts: list[Attempt], last: Attempt) -> dict[str, Any]:
+def _clip_scores(
+    clip: Any, state: EditState, subtask: Subtask, before: Image.Image, afters: list[Image.Image]
+) -> tuple[list[dict[str, float] | None], list[dict[str, tuple[float, float]] | None]]:
+    """Score every candidate with CLIP, embedding the input once and the candidates in one batch."""
+    from tools.clip_scores import scores_from_vectors, similarity_matrix
+
+    source_vector = resources.image_embedding(clip, state["current"], before)
+    after_vectors = clip.embed_images(afters)
+    keep = critic.preserved_for(subtask, state.get("preserve", []))
+    captions = [subtask["before_caption"], subtask["after_caption"]]
+    text_vectors = resources.text_embeddings(clip, captions + [f"a photo of {item}" for item in keep])
+
+    clip_rows: list[dict[str, float] | None] = [
+        dict(scores_from_vectors(source_vector, vector, text_vectors[0], text_vectors[1]))
+        if after.size == before.size else None
+        for after, vector in zip(afters, after_vectors)
+    ]
+    if not keep:
+        return clip_rows, [None] * len(afters)
+    before_similarity = similarity_matrix(source_vector[None, :], text_vectors[2:])[0]
+    after_similarity = similarity_matrix(after_vectors, text_vectors[2:])
+    preserve_rows: list[dict[str, tuple[float, float]] | None] = [
+        {item: (float(before_similarity[column]), float(row[column])) for column, item in enumerate(keep)}
+        for row in after_similarity
+    ]
+    return clip_rows, preserve_rows
+
+
+def _give_up(
+    state: EditState,
+    subtask: Subtask,
+    attempts: list[Attempt],
+    last: Attempt,
+    new_attempts: list[Attempt],
+    count: int,
+) -> dict[str, Any]:
     best = critic.best_attempt(attempts)
     if best is None:
         reason = f"{last['reason']}; no attempt produced a usable image, so the image is unchanged"
-        return _finish_subtask(state, subtask, last, "failed", reason, [last], keep_image=False)
-    reason = f"{last['reason']} after {len(attempts)} attempts; kept attempt {best['number']}, the best one"
-    update = _finish_subtask(state, subtask, best, "failed", reason, [last])
-    return update
+        return _finish_subtask(state, subtask, last, "failed", reason, new_attempts, count, keep_image=False)
+    kept = f"attempt {best['number']}" + (f" (candidate {best['candidate']})" if best["candidate"] > 1 else "")
+    reason = f"{last['reason']} after {count} attempts; kept {kept}, the best one"
+    return _finish_subtask(state, subtask, best, "failed", reason, new_attempts, count)
 
 
 def _finish_subtask(
@@ -244,11 +334,11 @@ def _finish_subtask(
     status: str,
     reason: str,
     new_attempts: list[Attempt],
+    count: int,
     keep_image: bool = True,
 ) -> dict[str, Any]:
-    number = len(_subtask_attempts(state)) + 1
     image = kept["image"] if keep_image else None
-    result = _result(subtask, status, reason, number, image, state.get("retrieved", []), state["current"])
+    result = _result(subtask, status, reason, count, image, state.get("retrieved", []), state["current"])
     _emit({"event": "verdict", "subtask": subtask["text"], "status": status, "reason": reason})
     update: dict[str, Any] = {
         "attempts": new_attempts,
@@ -306,6 +396,7 @@ def _public(params: dict[str, Any]) -> dict[str, Any]:
 def _attempt(
     subtask: Subtask,
     number: int,
+    candidate: int,
     params: dict[str, Any],
     image: ImageRef | None,
     scores: dict[str, float],
@@ -317,6 +408,7 @@ def _attempt(
     return Attempt(
         subtask_index=subtask["index"],
         number=number,
+        candidate=candidate,
         tool=subtask["tool"],
         params=dict(params),
         image=image,

@@ -43,6 +43,7 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
                 "attempts": [
                     {
                         "number": attempt["number"],
+                        "candidate": attempt.get("candidate", 1),
                         "params": attempt["params"],
                         "scores": attempt["scores"],
                         "verdict": attempt["verdict"],
@@ -80,12 +81,17 @@ def write_json_atomic(data: dict[str, Any], path: str | os.PathLike[str], *, ove
     target = Path(path).expanduser().resolve()
     if target.exists() and not overwrite:
         raise FileExistsError(f"report {target} exists; pass --overwrite to replace it")
+    return write_text_atomic(json.dumps(data, indent=2) + "\n", target)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
+    """Write text to a temporary file in the target's folder and rename it into place, replacing any old file."""
+    target = Path(path).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(data, file, indent=2)
-            file.write("\n")
+            file.write(text)
             file.flush()
             os.fsync(file.fileno())
         # mkstemp creates the file readable by its owner only; a report is an ordinary file like the images.
@@ -97,44 +103,108 @@ def write_json_atomic(data: dict[str, Any], path: str | os.PathLike[str], *, ove
     return target
 
 
-CONTACT_SHEET_TILE_HEIGHT = 256
-CONTACT_SHEET_LABEL_HEIGHT = 22
+SHEET_TILE_HEIGHT = 256
+SHEET_FONT_SIZE = 13
+SHEET_LINE_HEIGHT = 17
+SHEET_PADDING = 6
 
 
-def write_contact_sheet(
+def write_run_sheet(
     final: dict[str, Any], artifact_root: str | os.PathLike[str], path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Write the input and the image after each subtask side by side, each labelled, to one PNG or JPEG."""
-    from PIL import Image, ImageDraw
-
+    """Write a picture of a run: the input, then each subtask's kept output with its verdict and scores under it."""
     from tools.image_io import ArtifactStore, write_image_atomic
 
     store = ArtifactStore(artifact_root)
-    tiles = [("input", final["source"])]
+    source = final["source"]
+    tiles = [(store.get(source), ["input", f"{source['width']}x{source['height']}"])]
+    attempts = final.get("attempts", [])
     for result in final.get("results", []):
         if result["image"] is not None:
-            tiles.append((f"{result['subtask_index'] + 1}. {result['text']} ({result['status']})", result["image"]))
+            tiles.append((store.get(result["image"]), _subtask_caption(result, attempts)))
+    return write_image_atomic(compose_sheet([tiles]), path, overwrite=overwrite)
 
-    images = [store.get(ref) for _, ref in tiles]
-    scaled = [
-        image.resize((max(1, round(image.width * CONTACT_SHEET_TILE_HEIGHT / image.height)), CONTACT_SHEET_TILE_HEIGHT))
-        for image in images
-    ]
-    sheet = Image.new(
-        "RGB",
-        (sum(image.width for image in scaled), CONTACT_SHEET_TILE_HEIGHT + CONTACT_SHEET_LABEL_HEIGHT),
-        (255, 255, 255),
+
+def _subtask_caption(result: dict[str, Any], attempts: list[dict[str, Any]]) -> list[str]:
+    kept = next(
+        (
+            attempt for attempt in attempts
+            if attempt["subtask_index"] == result["subtask_index"] and attempt["image"] == result["image"]
+        ),
+        None,
     )
+    tries = result["attempts"]
+    lines = [
+        f"{result['subtask_index'] + 1}. {result['text']}",
+        f"{result['status']} after {tries} attempt{'s' if tries != 1 else ''} ({result['tool']})",
+    ]
+    if kept is not None:
+        lines.append(format_scores(kept["scores"]))
+    if result["status"] != "accepted":
+        lines.append(result["reason"])
+    return [line for line in lines if line]
+
+
+def format_scores(scores: dict[str, float]) -> str:
+    """Format an attempt's main scores in a few words: the CLIP scores, else the measured adjust property."""
+    if "clip_image" in scores:
+        return (
+            f"CLIP-I {scores['clip_image']:.2f}  CLIP-T {scores['clip_text']:.2f}  "
+            f"dir {scores['clip_directional']:.3f}"
+        )
+    if "measured_before" in scores:
+        return f"measured {scores['measured_before']:.3f} -> {scores['measured_after']:.3f}"
+    if "mean_change" in scores:
+        return f"mean change {scores['mean_change']:.3f}"
+    return ""
+
+
+def compose_sheet(rows: list[list[tuple[Any, list[str]]]], *, tile_height: int = SHEET_TILE_HEIGHT) -> Any:
+    """Lay out rows of (image, caption lines) as tiles of one height, each caption under its image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=SHEET_FONT_SIZE)
+    caption_lines = max(len(lines) for row in rows for _, lines in row)
+    caption_height = caption_lines * SHEET_LINE_HEIGHT + 2 * SHEET_PADDING
+    row_height = tile_height + caption_height
+    scaled_rows = [[(_scale_to_height(image, tile_height), lines) for image, lines in row] for row in rows]
+    width = max(sum(image.width for image, _ in row) for row in scaled_rows)
+
+    sheet = Image.new("RGB", (width, row_height * len(rows)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    left = 0
-    for (label, _), image in zip(tiles, scaled):
-        sheet.paste(image, (left, CONTACT_SHEET_LABEL_HEIGHT))
-        draw.text((left + 4, 5), _fit_label(draw, label, image.width - 8), fill=(0, 0, 0))
-        left += image.width
-    return write_image_atomic(sheet, path, overwrite=overwrite)
+    for row_index, row in enumerate(scaled_rows):
+        top = row_index * row_height
+        left = 0
+        for image, lines in row:
+            sheet.paste(image, (left, top))
+            for line_index, line in enumerate(lines):
+                position = (left + SHEET_PADDING, top + tile_height + SHEET_PADDING + line_index * SHEET_LINE_HEIGHT)
+                draw.text(position, _fit_label(draw, line, image.width - 2 * SHEET_PADDING, font), fill=(0, 0, 0),
+                          font=font)
+            left += image.width
+    return sheet
 
 
-def _fit_label(draw: Any, label: str, width: int) -> str:
-    while label and draw.textlength(label) > width:
-        label = label[:-2] + "…" if len(label) > 2 else ""
-    return label
+def _scale_to_height(image: Any, height: int) -> Any:
+    rgb = image.convert("RGB")
+    width = max(1, round(rgb.width * height / rgb.height))
+    tile = rgb.resize((width, height))
+    if width >= MIN_TILE_WIDTH:
+        return tile
+    # A narrower tile could not show its caption, so a very tall image gets white space on both sides.
+    from PIL import Image
+
+    padded = Image.new("RGB", (MIN_TILE_WIDTH, height), (255, 255, 255))
+    padded.paste(tile, ((MIN_TILE_WIDTH - width) // 2, 0))
+    return padded
+
+
+MIN_TILE_WIDTH = 160
+
+
+def _fit_label(draw: Any, label: str, width: int, font: Any) -> str:
+    if draw.textlength(label, font=font) <= width:
+        return label
+    while label and draw.textlength(label + "…", font=font) > width:
+        label = label[:-1]
+    return label + "…" if label else ""

@@ -33,6 +33,9 @@ _chat_models: dict[str, Any] = {}
 # Image embeddings by (embedder id, artifact sha256): the critic embeds a subtask's input image once, not per attempt.
 _image_embeddings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 MAX_CACHED_IMAGE_EMBEDDINGS = 256
+# Text embeddings by (embedder id, text): captions and things to keep are embedded once per process.
+_text_embeddings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+MAX_CACHED_TEXT_EMBEDDINGS = 1024
 
 
 def embedder_for(context: Context) -> Embedder:
@@ -113,6 +116,26 @@ def image_embedding(
         while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
             _image_embeddings.popitem(last=False)
     return vector
+
+
+def text_embeddings(embedder: Embedder, texts: list[str]) -> np.ndarray:
+    """Return the embeddings of texts as an (n, dim) array, embedding only those not embedded before."""
+    with _lock:
+        missing = [text for text in dict.fromkeys(texts) if (embedder.id, text) not in _text_embeddings]
+    if missing:
+        vectors = embedder.embed_texts(missing)
+        with _lock:
+            for text, vector in zip(missing, vectors):
+                _text_embeddings[(embedder.id, text)] = vector
+            while len(_text_embeddings) > MAX_CACHED_TEXT_EMBEDDINGS:
+                _text_embeddings.popitem(last=False)
+    with _lock:
+        rows = []
+        for text in texts:
+            # A text evicted between the two locked sections is embedded again rather than failing.
+            vector = _text_embeddings.get((embedder.id, text))
+            rows.append(vector if vector is not None else embedder.embed_texts([text])[0])
+    return np.stack(rows) if rows else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 def chat_model(spec: str) -> Any:

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from tools.image_io import ImageRef
 
 ToolName = Literal["adjust", "instruct_pix2pix"]
-Verdict = Literal["accept", "retry", "give_up"]
+Verdict = Literal["accept", "retry", "give_up", "outscored"]
+"""outscored: the candidate passed, but another candidate of the same batched call scored higher."""
 SubtaskStatus = Literal["accepted", "failed", "skipped"]
 
 
@@ -57,6 +58,8 @@ class Attempt(TypedDict):
     subtask_index: int
     number: int
     """1 for the first attempt at a subtask, 2 for its first retry, and so on."""
+    candidate: int
+    """Position of this output in the attempt's batched call, from 1; always 1 without candidates."""
     tool: ToolName
     params: dict[str, Any]
     image: ImageRef | None
@@ -130,10 +133,11 @@ class EditState(TypedDict, total=False):
     next_params: dict[str, Any]
     """Parameters for the next attempt at the subtask in progress."""
     pending_attempt: dict[str, Any]
-    """The edit node's output awaiting the critic: {"image": ImageRef or None, "error": str, "status": str}.
+    """The edit node's output awaiting the critic: {"images": [ImageRef, ...], "seeds": [int, ...], "error": str,
+    "status": str}, one image per candidate.
 
-    When the tool produced no image, "status" is the subtask's final status ("skipped" when the editor is unavailable,
-    "failed" for invalid parameters) and "error" the reason."""
+    When the tool produced no image, "images" is empty, "status" is the subtask's final status ("skipped" when the
+    editor is unavailable, "failed" for invalid parameters) and "error" the reason."""
     attempts: Annotated[list[Attempt], operator.add]
     """Every attempt of the run, appended in order."""
     results: Annotated[list[SubtaskResult], operator.add]

@@ -291,3 +291,21 @@ def test_missing_manifest_keeps_library(tmp_path):
     assert result.returncode == 2
     assert "manifest.json is missing" in result.stderr
     assert (library / "cases.jsonl").read_text() == cases_before
+
+
+def test_sheet_shows_each_subtask(tmp_path, home):
+    sheet = tmp_path / "sheet.png"
+    result = ragedit(
+        "edit", CAT, "make it black and white, increase the contrast and add a vignette", "-o", tmp_path / "out.png",
+        "--profile", "offline", "--sheet", sheet, home=home,
+    )
+    picture = Image.open(sheet)
+    # Four tiles (the input and three subtasks) 256 pixels high, and three caption lines of 17 pixels under each.
+    tile_width = round(451 * 256 / 300)
+
+    assert result.returncode == 0, result.stderr
+    assert f"Sheet: {sheet}" in result.stdout
+    assert picture.size == (4 * tile_width, 256 + 3 * 17 + 12)
+    # Grayscale tiles after the first subtask: the right half of the sheet has no colour.
+    right = np.asarray(picture.convert("RGB"))[:256, 2 * tile_width:].astype(np.int16)
+    assert np.abs(right[..., 0] - right[..., 2]).max() == 0

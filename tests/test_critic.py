@@ -118,3 +118,110 @@ def test_best_attempt_skips_invalid():
     ]
 
     assert critic.best_attempt(attempts)["number"] == 3
+
+
+def test_black_output_rejected_as_blackout():
+    subtask = _subtask("make the sky stormy")
+    # A NaN latent from half precision decodes to zeros, the same black frame as the safety checker's.
+    nan_decoded = np.nan_to_num(np.full((CAT.height, CAT.width, 3), np.nan, dtype=np.float32)).astype(np.uint8)
+    judgement = critic.judge_image(subtask, {}, CAT, Image.fromarray(nan_decoded), Context())
+
+    assert not judgement.valid
+    assert judgement.reason == critic.BLANK_REASON
+    assert judgement.quality == -1.0
+
+
+def test_stated_amount_matched():
+    subtask = _subtask("make it 30% brighter")
+    params = {"operation": "brightness", "amount": 0.3}
+    judgement = critic.judge_image(subtask, params, CAT, adjust(CAT, "brightness", 0.3), Context(profile="offline"))
+
+    assert subtask["amount"] == pytest.approx(0.3)
+    assert judgement.passed
+    assert judgement.scores["amount_ratio"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("applied, word", [(0.05, "too little"), (1.2, "too much")])
+def test_stated_amount_missed(applied, word):
+    subtask = _subtask("make it 30% brighter")
+    params = {"operation": "brightness", "amount": 0.3}
+    judgement = critic.judge_image(subtask, params, CAT, adjust(CAT, "brightness", applied), Context(profile="offline"))
+
+    assert judgement.valid
+    assert not judgement.passed
+    assert f"moved {word}" in judgement.reason
+    assert "requested 0.3" in judgement.reason
+
+
+def test_local_edit_repainting_everything_rejected():
+    subtask = _subtask("add a party hat to the cat")
+    inverted = Image.fromarray(255 - np.asarray(CAT))
+    judgement = critic.judge_image(subtask, {}, CAT, inverted, Context())
+
+    assert judgement.valid
+    assert not judgement.passed
+    assert judgement.scores["changed_fraction"] > 0.8
+    assert "of the pixels, above 80%" in judgement.reason
+
+
+def test_local_edit_changing_a_patch_accepted():
+    subtask = _subtask("add a party hat to the cat")
+    edited = np.asarray(CAT).copy()
+    edited[20:120, 150:300] = (255, 0, 0)
+    judgement = critic.judge_image(subtask, {}, CAT, Image.fromarray(edited), Context())
+
+    assert judgement.passed
+    assert judgement.scores["changed_fraction"] == pytest.approx(100 * 150 / (451 * 300), abs=0.01)
+
+
+def test_global_edit_may_change_everything():
+    subtask = _subtask("make it look like a watercolor painting")
+    inverted = Image.fromarray(255 - np.asarray(CAT))
+    judgement = critic.judge_image(subtask, {}, CAT, inverted, Context())
+
+    assert judgement.passed
+    assert "changed_fraction" not in judgement.scores
+
+
+def test_preserved_thing_lost_rejected():
+    subtask = _subtask("make the sky stormy")
+    edited = Image.fromarray(np.clip(np.asarray(CAT, dtype=np.int16) - 40, 0, 255).astype(np.uint8))
+    clip_scores = {"clip_image": 0.9, "clip_text": 0.3, "clip_directional": 0.12}
+    preserve = {"the bridge": (0.30, 0.22)}
+    judgement = critic.judge_image(subtask, {}, CAT, edited, Context(), clip_scores, preserve)
+
+    assert not judgement.passed
+    assert judgement.reason.startswith("similarity to 'the bridge' fell 0.080 (0.300 -> 0.220), more than 0.030")
+    assert judgement.scores["preserve_drop:the bridge"] == pytest.approx(0.08)
+
+
+def test_preserved_thing_kept_accepted():
+    subtask = _subtask("make the sky stormy")
+    edited = Image.fromarray(np.clip(np.asarray(CAT, dtype=np.int16) - 40, 0, 255).astype(np.uint8))
+    clip_scores = {"clip_image": 0.9, "clip_text": 0.3, "clip_directional": 0.12}
+    judgement = critic.judge_image(subtask, {}, CAT, edited, Context(), clip_scores, {"the bridge": (0.30, 0.29)})
+
+    assert judgement.passed
+
+
+def test_preserved_for_skips_things_the_subtask_names():
+    subtask = _subtask("make the bridge red")
+
+    assert critic.preserved_for(subtask, ["the bridge", "the people"]) == ["the people"]
+
+
+def test_rank_candidates_prefers_passing_then_quality():
+    judgements = [
+        critic.Judgement(True, False, "", {}, 0.9),
+        critic.Judgement(True, True, "", {}, 0.2),
+        critic.Judgement(False, False, "", {}, 5.0),
+        critic.Judgement(True, True, "", {}, 0.4),
+    ]
+
+    assert critic.rank_candidates(judgements) == [3, 1, 0, 2]
+
+
+def test_preserved_for_keeps_part_of_a_named_object():
+    subtask = _subtask("add a party hat to the cat")
+
+    assert critic.preserved_for(subtask, ["the cat's face", "the cats"]) == ["the cat's face"]

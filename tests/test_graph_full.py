@@ -6,6 +6,7 @@ The models are saved to a temporary folder and loaded by the same loaders users 
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -29,6 +30,8 @@ def full_context(tiny_ip2p_dir, tiny_clip_dir, tmp_path):
             min_clip_image=-1.0,
             min_clip_text=-1.0,
             min_clip_directional=-1.0,
+            # The random-weight editor repaints every pixel, which a local edit's check would reject.
+            max_local_change=1.0,
         )
         settings.update(overrides)
         return Context(**settings)
@@ -158,3 +161,79 @@ def test_learned_case_found_by_image(full_context):
 
     assert learned
     assert learned[0]["image_score"] == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch):
+    """Record the batch size of every InstructPix2Pix pipeline call."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    calls = []
+    original = StableDiffusionInstructPix2PixPipeline.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(len(kwargs["prompt"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionInstructPix2PixPipeline, "__call__", counting)
+    return calls
+
+
+def test_candidates_one_batched_call_keeps_best(full_context, pipeline_calls):
+    final = _run(DATA / "cat.png", "turn the cat into a tiger", full_context(candidates=3, max_attempts=1, seed=10))
+    attempts = final["attempts"]
+    best = max(attempts, key=lambda attempt: attempt["quality"])
+
+    assert pipeline_calls == [3]
+    assert [attempt["candidate"] for attempt in attempts] == [1, 2, 3]
+    assert [attempt["params"]["seed"] for attempt in attempts] == [10, 11, 12]
+    assert len({attempt["image"]["sha256"] for attempt in attempts}) == 3
+    assert [attempt["verdict"] for attempt in attempts].count("accept") == 1
+    assert best["verdict"] == "accept"
+    assert final["output"]["sha256"] == best["image"]["sha256"]
+    assert final["results"][0]["attempts"] == 1
+
+
+def test_candidate_repeats_alone_with_its_seed(full_context, tmp_path):
+    batched = _run(DATA / "cat.png", "turn the cat into a tiger",
+                   full_context(candidates=3, max_attempts=1, seed=10, home=str(tmp_path / "a")))
+    alone = _run(DATA / "cat.png", "turn the cat into a tiger",
+                 full_context(candidates=1, max_attempts=1, seed=12, home=str(tmp_path / "b")))
+    third = Image.open(batched["attempts"][2]["image"]["path"])
+    single = Image.open(alone["attempts"][0]["image"]["path"])
+    difference = np.abs(np.asarray(third, dtype=np.int16) - np.asarray(single, dtype=np.int16))
+
+    # Batched and single matrix products may round differently, so a pixel may differ by a level or two.
+    assert difference.max() <= 3
+    assert difference.mean() < 0.5
+
+
+def test_candidates_all_rejected_keep_best_of_every_call(full_context, pipeline_calls):
+    final = _run(DATA / "cat.png", "make the cat wear a hat",
+                 full_context(candidates=2, max_attempts=2, min_clip_directional=1.01))
+    attempts = final["attempts"]
+    best = max(attempts, key=lambda attempt: attempt["quality"])
+
+    assert pipeline_calls == [2, 2]
+    assert [(attempt["number"], attempt["candidate"]) for attempt in attempts] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [attempt["verdict"] for attempt in attempts] == ["retry", "retry", "give_up", "give_up"]
+    assert final["results"][0]["status"] == "failed"
+    assert final["output"]["sha256"] == best["image"]["sha256"]
+
+
+def test_critic_off_accepts_first_output(full_context, pipeline_calls):
+    final = _run(DATA / "cat.png", "make the cat wear a hat",
+                 full_context(use_critic=False, min_clip_directional=1.01, max_attempts=3))
+
+    assert pipeline_calls == [1]
+    assert final["results"][0]["status"] == "accepted"
+    assert final["attempts"][0]["reason"] == "accepted unchecked: the critic is off"
+
+
+def test_without_decomposition_one_editor_call(full_context, pipeline_calls):
+    final = _run(DATA / "cat.png", "add a rainbow and make it 30% brighter",
+                 full_context(use_decomposition=False, use_retrieval=False))
+
+    assert pipeline_calls == [1]
+    assert [subtask["text"] for subtask in final["plan"]] == ["add a rainbow and make it 30% brighter"]
+    assert final["results"][0]["retrieved"] == []

@@ -127,11 +127,12 @@ def edit_image(
         image: the photo to edit; it is converted to RGB (transparent areas become white).
         prompt: the edit instruction, e.g. "make the sky stormy".
         model: a Hugging Face model id or a local diffusers directory.
-        seed: seed of the CPU random generator; the same seed, settings and device give the same output.
+        seed: seed of the first output's CPU random generator; output i uses seed + i, so each output of a batch can
+            be made again alone. The same seed, settings and device give the same output.
         steps: denoising steps (default 20); more steps are slower and usually cleaner.
         guidance_scale: text guidance (default 7.5); higher follows the instruction more strongly.
         image_guidance_scale: image guidance (default 1.5); higher stays closer to the input image.
-        num_images: outputs generated in one batched call, each from its own noise.
+        num_images: outputs generated in one batched call, each from its own noise (seed + i).
         negative_prompt: what the edit should avoid, or None.
         max_side: maximum length in pixels of the longer side of the image the model works on. The outputs are
             resized back to the input size.
@@ -163,7 +164,7 @@ def edit_image(
             image_guidance_scale=image_guidance_scale,
             negative_prompt=negative_prompts,
             num_images_per_prompt=1,
-            generator=torch.Generator("cpu").manual_seed(seed),
+            generator=[torch.Generator("cpu").manual_seed(seed + index) for index in range(num_images)],
             callback_on_step_end=_make_step_end_callback(step_callback, steps),
             output_type="pil",
         )
