@@ -337,10 +337,17 @@ def resolve_context(options: dict[str, Any]) -> Any:
     try:
         context = make_context(options)
     except ValueError as error:
-        raise UsageError(str(error)) from None
+        raise UsageError(_flag_names(str(error))) from None
     if context.profile == "offline":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return context
+
+
+def _flag_names(message: str) -> str:
+    """Name the command-line options in a Context error ("invalid max_side 0" becomes "invalid --max-side 0")."""
+    for field in ("max_attempts", "max_side", "candidates", "steps", "seed", "device"):
+        message = message.replace(f"invalid {field} ", f"invalid --{field.replace('_', '-')} ")
+    return message
 
 
 def make_context(options: dict[str, Any]) -> Any:
@@ -520,6 +527,10 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None, sheet:
 
 
 
+# Message printed on Ctrl-C about the files the run left. Commands whose files differ from edit's set their own.
+interrupt_message = "interrupted; no output was written unless a 'Wrote' line above names it"
+
+
 def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     """End the process at once on Ctrl-C.
 
@@ -528,7 +539,7 @@ def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     and renamed, so exiting without that wait cannot leave a half-written output.
     """
     sys.stdout.flush()
-    sys.stderr.write("ragedit: error: interrupted; no output was written unless a 'Wrote' line above names it\n")
+    sys.stderr.write(f"ragedit: error: {interrupt_message}\n")
     sys.stderr.flush()
     os._exit(130)
 

@@ -38,7 +38,11 @@ def evaluate_command(
         "+ retrieval, and the full agent with the critic."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N edit sessions."),
-    out: Optional[Path] = typer.Option(
+    split: Optional[str] = typer.Option(
+        None, "--split", help="For a folder of Parquet files of several splits (train-*.parquet, dev-*.parquet), "
+        "the split to read."
+    ),
+    out: Optional[str] = typer.Option(
         None, "--out", help="Folder for results.md, results.csv, edits.jsonl, sheet.png and the output images.",
         show_default="evaluation-DATE-TIME in the current folder",
     ),
@@ -75,7 +79,7 @@ def evaluate_command(
         editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, home=home, llm=None,
     )
     code = run_guarded(
-        lambda: _run_evaluation(dataset, ablation, limit, out, metric_clip, overwrite, options), verbose,
+        lambda: _run_evaluation(dataset, ablation, limit, split, out, metric_clip, overwrite, options), verbose,
         input_errors=_input_errors(),
     )
     raise typer.Exit(code)
@@ -89,52 +93,87 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def _run_evaluation(
-    dataset: Path, ablation: bool, limit: int | None, out: Path | None, metric_clip: str, overwrite: bool,
-    options: dict[str, Any],
+    dataset: Path, ablation: bool, limit: int | None, split: str | None, out: str | None, metric_clip: str,
+    overwrite: bool, options: dict[str, Any],
 ) -> int:
+    from agent import cli
     from agent.eval_data import load_eval_dataset
-    from agent.evaluate import run_evaluation
+    from agent.evaluate import EDITS_FILE, run_evaluation
 
     if limit is not None and limit < 1:
         raise UsageError(f"invalid --limit {limit}: use 1 or more sessions")
-    out_dir = out or Path(f"evaluation-{time.strftime('%Y%m%d-%H%M%S')}")
-    _check_out_dir(out_dir, overwrite)
+    if out is not None and not out.strip():
+        # Path("") would mean the current folder, and the results would land among the user's own files.
+        raise UsageError("invalid --out '': pass a folder name, for example --out evaluation")
+    out_dir = Path(out) if out is not None else Path(f"evaluation-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_out_dir(out_dir, dataset, overwrite)
     check_home(options["home"])
-    sessions = load_eval_dataset(dataset, limit=limit)
+    metric_spec = split_clip_spec(metric_clip)
+    sessions = load_eval_dataset(dataset, limit=limit, split=split)
 
     context = resolve_context(options)
     if context.profile == "offline":
         typer.echo("ragedit: note: the offline profile has no InstructPix2Pix, so its semantic edits are skipped and "
                    "only adjust edits change the images; use --profile full for real numbers", err=True)
+    else:
+        _check_editor(context)
+    metric_embedder = _metric_embedder(metric_spec, context)
 
     turns = sum(len(session.turns) for session in sessions)
-    typer.echo(f"Evaluating {len(sessions)} sessions ({turns} turns) from {dataset} into {out_dir}", err=True)
+    typer.echo(f"Evaluating {_count(len(sessions), 'session')} ({_count(turns, 'turn')}) from {dataset} into "
+               f"{out_dir}", err=True)
+    cli.interrupt_message = f"interrupted; the edits finished so far are in {out_dir / EDITS_FILE}"
     result = run_evaluation(
-        sessions, context, out_dir, ablation=ablation, metric_embedder=_metric_embedder(metric_clip, context),
+        sessions, context, out_dir, ablation=ablation, metric_embedder=metric_embedder,
         progress=lambda line: typer.echo(line, err=True),
     )
     typer.echo(result.table)
+    for message in result.skipped:
+        typer.echo(f"Left out: {message}")
     for label, path in result.files.items():
         typer.echo(f"{FILE_LABELS[label]}: {path}")
     return 0
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _check_out_dir(out_dir: Path, dataset: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"invalid --out {out_dir}: it is a file; pass a folder (it is created when missing)")
+    resolved = out_dir.resolve()
+    # Outputs written among the dataset's own images/<img_id>/ folders could be read back as dataset files.
+    data_folder = dataset.resolve() if dataset.is_dir() else dataset.resolve().parent
+    is_folder_layout = dataset.is_dir() or dataset.suffix.lower() == ".json"
+    if is_folder_layout and (resolved == data_folder or data_folder in resolved.parents):
+        raise UsageError(f"invalid --out {out_dir}: it is inside the dataset folder {dataset}; choose a folder outside it")
     existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
     if existing and not overwrite:
         raise UsageError(f"--out {out_dir} already contains {', '.join(existing)}; pass --overwrite or another folder")
-    folder = out_dir if out_dir.exists() else next(parent for parent in out_dir.resolve().parents if parent.exists())
+    folder = next(parent for parent in (resolved, *resolved.parents) if parent.exists())
+    if not folder.is_dir():
+        raise UsageError(f"invalid --out {out_dir}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write --out {out_dir}: no permission to write in {folder}")
 
 
-def _metric_embedder(spec: str, context: Any) -> Any:
-    """Load the metrics' CLIP model, or return None (L1 and L2 only) with a note when it is not available."""
+def _check_editor(context: Any) -> None:
+    """Load InstructPix2Pix before the first edit, so a missing model stops the evaluation instead of every edit."""
+    from tools.instruct_pix2pix import EditorUnavailableError, load_pipeline
+
+    try:
+        load_pipeline(context.editor_model, device=context.device or None)
+    except EditorUnavailableError as error:
+        raise UsageError(f"{error}; the evaluation needs the editor, or pass --profile offline to score adjust edits "
+                         "only") from None
+
+
+def _metric_embedder(spec: tuple[str, str], context: Any) -> Any:
+    """Load the metrics' CLIP model, or return None (L1 and L2 only) with a note when its weights cannot be fetched."""
     from tools.embeddings import EmbedderUnavailableError, load_clip_embedder
 
-    name, pretrained = split_clip_spec(spec)
+    name, pretrained = spec
     try:
         return load_clip_embedder(name, pretrained, device=context.device or None)
     except EmbedderUnavailableError as error:
@@ -143,11 +182,31 @@ def _metric_embedder(spec: str, context: Any) -> Any:
 
 
 def split_clip_spec(spec: str) -> tuple[str, str]:
-    """Split "NAME:PRETRAINED" into its parts; folders, "hf-hub:" and "local-dir:" ids are returned whole."""
+    """Split and check "NAME:PRETRAINED"; a folder, "hf-hub:" or "local-dir:" id is returned whole.
+
+    Raises UsageError for a spec that can never load: an empty part, an unknown model or weights tag, a missing folder.
+    """
     from tools.embeddings import DEFAULT_CLIP_PRETRAINED
 
-    whole = spec.startswith(("hf-hub:", "local-dir:", ".", "/", "~")) or Path(spec).expanduser().exists()
-    if whole or ":" not in spec:
+    hint = "pass NAME:PRETRAINED (for example ViT-B-32:openai) or a local open_clip folder"
+    if spec.startswith(("hf-hub:", "local-dir:")):
         return spec, DEFAULT_CLIP_PRETRAINED
-    name, pretrained = spec.split(":", 1)
+    path = Path(spec).expanduser()
+    if spec.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise UsageError(f"invalid --metric-clip {spec}: folder not found; {hint}")
+        return spec, DEFAULT_CLIP_PRETRAINED
+
+    name, _, pretrained = spec.partition(":")
+    if not name or (":" in spec and not pretrained):
+        raise UsageError(f"invalid --metric-clip {spec!r}: a model name and a weights tag are needed; {hint}")
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise UsageError(f"invalid --metric-clip {spec!r}: unknown open_clip model {name!r}; {hint}")
+    pretrained = pretrained or DEFAULT_CLIP_PRETRAINED
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise UsageError(f"invalid --metric-clip {spec!r}: {name} has no weights {pretrained!r} (it has "
+                         f"{', '.join(tags) or 'none'}); {hint}")
     return name, pretrained

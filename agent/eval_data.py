@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -62,11 +63,15 @@ class _StoredImage:
             if isinstance(self.data, Path):
                 return load_image(self.data)
             return decode_image(self.data, self.location)
-        except (IngestError, ImageInputError) as error:
-            raise EvalDataError(
-                f"cannot load the {description} from {self.location}: {_first_line(error)}; replace the image or "
-                f"remove the session from the dataset"
-            ) from None
+        except ImageInputError as error:
+            reason = _first_line(error)
+        except IngestError:
+            # decode_image's message repeats the location and shows the in-memory buffer, so it is replaced.
+            reason = "the stored bytes are not a readable image"
+        raise EvalDataError(
+            f"cannot load the {description} from {self.location}: {reason}; replace the image or remove the "
+            f"session from the dataset"
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,9 @@ class EvalSession:
     """Turns sorted by turn number, starting at 1."""
 
 
-def load_eval_dataset(path: str | os.PathLike[str], *, limit: int | None = None) -> list[EvalSession]:
+def load_eval_dataset(
+    path: str | os.PathLike[str], *, limit: int | None = None, split: str | None = None
+) -> list[EvalSession]:
     """Read a MagicBrush dataset and return its sessions, checked and with the images left encoded.
 
     Args:
@@ -122,6 +129,7 @@ def load_eval_dataset(path: str | os.PathLike[str], *, limit: int | None = None)
             folder's images/ subfolder, or the edit_sessions.json file itself.
         limit: keep only the first `limit` sessions; None keeps all. Sessions come in the file's order for
             edit_sessions.json and in order of first appearance for Parquet.
+        split: for a folder of Parquet files of several splits (train-*.parquet, dev-*.parquet), the split to read.
 
     Raises:
         EvalDataError: limit is below 1, the path is missing or in neither layout, or a file is not valid JSON or
@@ -138,7 +146,7 @@ def load_eval_dataset(path: str | os.PathLike[str], *, limit: int | None = None)
         sessions_file, images_dir = layout
         return _load_test_set(sessions_file, images_dir, limit)
 
-    parquet_files = _find_parquet_files(dataset)
+    parquet_files = _find_parquet_files(dataset, split)
     if parquet_files:
         return _load_parquet(parquet_files, limit)
     raise EvalDataError(f"cannot read the evaluation dataset {dataset}: it is in neither MagicBrush layout; "
@@ -164,10 +172,31 @@ def _find_test_set(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _find_parquet_files(path: Path) -> list[Path]:
+def _find_parquet_files(path: Path, split: str | None) -> list[Path]:
+    """Return the Parquet files of path, of one split when the folder contains several (train-*.parquet, dev-*.parquet)."""
     if path.is_file():
         return [path] if path.suffix.lower() == ".parquet" else []
-    return sorted(path.glob("*.parquet"))
+    files = sorted(path.glob("*.parquet"))
+    if not files and (path / "data").is_dir():
+        # A snapshot of the Hugging Face dataset repository keeps its Parquet files in data/.
+        files = sorted((path / "data").glob("*.parquet"))
+    splits = sorted({_split_of(file) for file in files} - {""})
+    if split is not None:
+        chosen = [file for file in files if _split_of(file) == split]
+        if files and not chosen:
+            raise EvalDataError(f"invalid split {split!r}: {path} has Parquet files of {', '.join(splits)}; "
+                                f"pass one of them")
+        return chosen
+    if len(splits) > 1:
+        raise EvalDataError(f"{path} contains Parquet files of several splits ({', '.join(splits)}); pass --split with one "
+                            f"of them, or the path of one split's files")
+    return files
+
+
+def _split_of(file: Path) -> str:
+    """Return the split of a file that Hugging Face named SPLIT-00000-of-00001.parquet, else ""."""
+    match = re.fullmatch(r"(\w+)-\d+-of-\d+\.parquet", file.name)
+    return match.group(1) if match else ""
 
 
 # --- test-set folder ------------------------------------------------------------------------------------------------
@@ -211,13 +240,14 @@ def _build_test_set_session(
     session_id: str, turns: Any, sessions_file: Path, images_dir: Path, captions: _Captions
 ) -> EvalSession:
     if not isinstance(turns, list) or not turns:
+        got = "an empty list" if isinstance(turns, list) else _json_type(turns)
         raise EvalDataError(
             f"invalid session {session_id} in {sessions_file}: expected a non-empty list of turns, got "
-            f"{_json_type(turns)}; give each session its turns as [{{\"input\", \"output\", \"instruction\"}}, ...]"
+            f"{got}; give each session its turns as [{{\"input\", \"output\", \"instruction\"}}, ...]"
         )
 
     built = []
-    for number, entry in enumerate(turns, start=1):
+    for number, entry in enumerate(_chain_order(session_id, turns, sessions_file), start=1):
         where = f"turn {number} of session {session_id} in {sessions_file}"
         if not isinstance(entry, dict):
             raise EvalDataError(
@@ -236,6 +266,36 @@ def _build_test_set_session(
             _target=_image_file(images_dir, output_name, where),
         ))
     return EvalSession(session_id=session_id, turns=tuple(built))
+
+
+def _chain_order(session_id: str, turns: list, sessions_file: Path) -> list:
+    """Return the turns in edit order: each turn's input is the previous turn's output.
+
+    The file's order is kept when it is a chain. Otherwise the turns are sorted by following the links from the turn
+    whose input no other turn outputs, and a session whose links do not form one chain is rejected.
+    """
+    if not all(isinstance(entry, dict) for entry in turns):
+        return turns
+    inputs = [entry.get("input") for entry in turns]
+    outputs = [entry.get("output") for entry in turns]
+    if all(inputs[index] == outputs[index - 1] for index in range(1, len(turns))):
+        return turns
+
+    by_input = {name: entry for name, entry in zip(inputs, turns)}
+    starts = [entry for entry in turns if entry.get("input") not in outputs]
+    ordered = []
+    current = starts[0] if len(starts) == 1 and len(by_input) == len(turns) else None
+    while current is not None and len(ordered) < len(turns):
+        ordered.append(current)
+        current = by_input.get(current.get("output"))
+    if len(ordered) != len(turns):
+        raise EvalDataError(
+            f"invalid session {session_id} in {sessions_file}: its turns do not form one chain in which each "
+            f"turn's input is the previous turn's output; fix the input and output names"
+        )
+    logger.info("session %s in %s lists its turns out of order; they are sorted by their input and output names",
+                session_id, sessions_file)
+    return ordered
 
 
 def _image_name(entry: dict, key: str, where: str) -> str:
@@ -317,14 +377,36 @@ def _log_missing_captions(sessions: list[EvalSession], sessions_file: Path, capt
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig also reads files that an editor saved with a byte order mark.
+        return json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as error:
         raise EvalDataError(
             f"invalid JSON in {path}: {error.msg} at line {error.lineno} column {error.colno}; fix or replace the file"
         ) from None
+    except _DuplicateKeyError as error:
+        raise EvalDataError(f"invalid JSON in {path}: the key {error.key!r} appears twice; keep one of them") from None
+    except RecursionError:
+        raise EvalDataError(f"invalid JSON in {path}: it is nested too deeply to read; fix or replace the file") \
+            from None
     except (OSError, UnicodeDecodeError) as error:
         raise EvalDataError(f"cannot read {path}: {_first_line(error)}; check that the file is readable UTF-8 JSON") \
             from None
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys, which would drop a session or a caption without a word.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(key)
+        result[key] = value
+    return result
 
 
 # --- Parquet --------------------------------------------------------------------------------------------------------
@@ -468,7 +550,11 @@ def _parquet_image(value: Any, file: Path, column: str, where: str) -> _StoredIm
 
 
 def _instruction(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        raise EvalDataError(
+            f"invalid {where}: the instruction is {_json_type(value)}, not text; give every turn an edit instruction"
+        )
+    if not value.strip():
         raise EvalDataError(f"invalid {where}: the instruction is empty; give every turn an edit instruction")
     return value.strip()
 

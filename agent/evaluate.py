@@ -8,6 +8,7 @@ settings has the same input, so its edit is run once and shared. Metrics are Mag
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 from PIL import Image
 
 from agent.context import Context
-from agent.eval_data import EvalSession, EvalTurn
+from agent.eval_data import EvalDataError, EvalSession, EvalTurn
 from tools.edit_metrics import METRIC_KEYS, mean_metrics, score_against_target
 from tools.embeddings import Embedder
 from tools.image_io import ArtifactStore, write_image_atomic
@@ -31,6 +32,7 @@ SETTINGS = ("single-turn", "multi-turn")
 # InstructPix2Pix zero-shot on the MagicBrush test set, single-turn, as the MagicBrush paper reports it.
 PUBLISHED_IP2P_SINGLE_TURN = {"l1": 0.1122, "clip_i": 0.8524, "clip_t": 0.2764}
 SHEET_SESSIONS = 6
+EDITS_FILE = "edits.jsonl"
 METRIC_LABELS = {"l1": "L1", "l2": "L2", "clip_i": "CLIP-I", "clip_t": "CLIP-T", "clip_dir": "CLIP-dir"}
 
 
@@ -79,6 +81,8 @@ class EvaluationResult:
     """Every scored edit, the mean metrics per configuration and setting, and the files written."""
 
     outcomes: list[TurnOutcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """One message per session and configuration left out because an image of the dataset could not be read."""
     means: dict[tuple[str, str], dict[str, float | None]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     table: str = ""
@@ -97,11 +101,23 @@ def run_evaluation(
     configurations = CONFIGURATIONS if ablation else CONFIGURATIONS[-1:]
     out_dir.mkdir(parents=True, exist_ok=True)
     result = EvaluationResult()
-    for number, configuration in enumerate(configurations, start=1):
-        run_context = replace(context, learn=False, **configuration.overrides)
-        progress(f"[{number}/{len(configurations)}] {configuration.label}")
-        for session in sessions:
-            result.outcomes += _evaluate_session(session, configuration, run_context, out_dir, metric_embedder, progress)
+    # Each edit is appended as it finishes, so an interrupted evaluation keeps the edits it completed.
+    with (out_dir / EDITS_FILE).open("w", encoding="utf-8") as edits:
+        for number, configuration in enumerate(configurations, start=1):
+            run_context = replace(context, learn=False, **configuration.overrides)
+            progress(f"[{number}/{len(configurations)}] {configuration.label}")
+            for session in sessions:
+                try:
+                    outcomes = _evaluate_session(session, configuration, run_context, out_dir, metric_embedder,
+                                                 progress)
+                except EvalDataError as error:
+                    logger.warning("left out session %s for %s: %s", session.session_id, configuration.name, error)
+                    result.skipped.append(f"{configuration.label}: {error}")
+                    continue
+                for outcome in outcomes:
+                    edits.write(json.dumps(vars(outcome)) + "\n")
+                edits.flush()
+                result.outcomes += outcomes
 
     for configuration in configurations:
         for setting in SETTINGS:
@@ -123,10 +139,10 @@ def _evaluate_session(
     outcomes = []
     first_output: Image.Image | None = None
     for turn in session.turns:
-        source = turn.load_source()
+        source, target = turn.load_source(), turn.load_target()
         output, statuses, seconds = _edit(source, turn, context, out_dir)
         path = _save_output(output, out_dir, configuration.name, turn, "single")
-        metrics = score_against_target(metric_embedder, source, output, turn.load_target(), turn.source_caption,
+        metrics = score_against_target(metric_embedder, source, output, target, turn.source_caption,
                                        turn.target_caption)
         outcomes.append(TurnOutcome(configuration.name, "single-turn", session.session_id, turn.turn, str(path),
                                     metrics, statuses, seconds))
@@ -188,7 +204,11 @@ def _save_output(image: Image.Image, out_dir: Path, configuration: str, turn: Ev
 
 
 def _safe(text: str) -> str:
-    return "".join(char if char.isalnum() or char in "-_" else "_" for char in text)
+    """Return a file-name form of a session id; ids changed by it get a hash, so "a.b" and "a_b" stay apart."""
+    safe = "".join(char if char.isalnum() or char in "-_" else "_" for char in text)
+    if safe == text:
+        return safe
+    return f"{safe}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _brief(metrics: dict[str, float | None]) -> str:
@@ -208,7 +228,7 @@ def format_table(result: EvaluationResult, configurations: tuple[Configuration, 
     sections = []
     for setting in SETTINGS:
         turns = len(_select(result.outcomes, configurations[0].name, setting))
-        header = ["configuration", *(METRIC_LABELS[key] for key in METRIC_KEYS), "accepted", "s/edit"]
+        header = ["configuration", *(METRIC_LABELS[key] for key in METRIC_KEYS), "accepted by critic", "s/edit"]
         lines = [
             f"### {setting.capitalize()} ({turns} edits from {sessions} sessions)",
             "",
@@ -219,13 +239,14 @@ def format_table(result: EvaluationResult, configurations: tuple[Configuration, 
             means = result.means[(configuration.name, setting)]
             selected = _select(result.outcomes, configuration.name, setting)
             cells = [configuration.label, *(_cell(means.get(key)) for key in METRIC_KEYS),
-                     _accepted_share(selected), f"{_mean_seconds(selected):.1f}"]
+                     _accepted_share(configuration, selected), f"{_mean_seconds(selected):.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
     published = ", ".join(f"{METRIC_LABELS[key]} {value}" for key, value in PUBLISHED_IP2P_SINGLE_TURN.items())
     note = (
         "L1 and L2: lower is better; CLIP-I, CLIP-T and CLIP-dir: higher is better; n/a: the dataset has no captions "
-        "or no CLIP model was available for the metrics.\n"
+        "or no CLIP model was available for the metrics; accepted by critic: the share of subtasks the critic "
+        "accepted, n/a without the critic.\n"
         f"Published InstructPix2Pix zero-shot, MagicBrush test set, single-turn: {published}."
     )
     return "\n\n".join(sections) + "\n\n" + note + "\n"
@@ -235,9 +256,10 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _accepted_share(outcomes: list[TurnOutcome]) -> str:
+def _accepted_share(configuration: Configuration, outcomes: list[TurnOutcome]) -> str:
+    """Return the share of subtasks the critic accepted, or "n/a" for a configuration without the critic."""
     statuses = [status for outcome in outcomes for status in outcome.statuses]
-    if not statuses:
+    if not statuses or not configuration.overrides.get("use_critic", True):
         return "n/a"
     return f"{sum(status == 'accepted' for status in statuses) / len(statuses):.0%}"
 
@@ -249,25 +271,29 @@ def _mean_seconds(outcomes: list[TurnOutcome]) -> float:
 def _write_outputs(
     result: EvaluationResult, configurations: tuple[Configuration, ...], sessions: list[EvalSession], out_dir: Path
 ) -> dict[str, Path]:
-    return {
+    """Write the table, the CSV and the contact sheet; edits.jsonl was written during the run."""
+    files = {
         "table": _write_text(out_dir / "results.md", "# ragedit evaluation\n\n" + result.table),
         "csv": _write_text(out_dir / "results.csv", _csv(result, configurations)),
-        "edits": _write_text(out_dir / "edits.jsonl", "".join(json.dumps(vars(outcome)) + "\n"
-                                                               for outcome in result.outcomes)),
+        "edits": out_dir / EDITS_FILE,
         "sheet": write_evaluation_sheet(result, configurations, sessions, out_dir / "sheet.png"),
     }
+    return {label: path for label, path in files.items() if path is not None}
 
 
 def _csv(result: EvaluationResult, configurations: tuple[Configuration, ...]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["configuration", "setting", "edits", *METRIC_KEYS, "seconds_per_edit"])
+    writer.writerow(["configuration", "label", "setting", "edits", *METRIC_KEYS, "accepted_by_critic",
+                     "seconds_per_edit"])
     for configuration in configurations:
         for setting in SETTINGS:
             means = result.means[(configuration.name, setting)]
             selected = _select(result.outcomes, configuration.name, setting)
             values = ["" if means.get(key) is None else f"{means[key]:.6f}" for key in METRIC_KEYS]
-            writer.writerow([configuration.name, setting, len(selected), *values, f"{_mean_seconds(selected):.3f}"])
+            accepted = _accepted_share(configuration, selected).replace("n/a", "")
+            writer.writerow([configuration.name, configuration.label, setting, len(selected), *values, accepted,
+                             f"{_mean_seconds(selected):.3f}"])
     return buffer.getvalue()
 
 
@@ -279,30 +305,42 @@ def _write_text(path: Path, text: str) -> Path:
 
 def write_evaluation_sheet(
     result: EvaluationResult, configurations: tuple[Configuration, ...], sessions: list[EvalSession], path: Path
-) -> Path:
-    """Write one row per session (the first few): its first turn's input, ground truth and each configuration's output."""
+) -> Path | None:
+    """Write one row per session (the first few): its first turn's input, ground truth and each configuration's output.
+
+    Returns None, writing nothing, when no session was edited by every configuration.
+    """
     from agent.report import compose_sheet
 
+    first_turns = {
+        (outcome.configuration, outcome.session_id): outcome
+        for outcome in result.outcomes
+        if outcome.setting == "single-turn" and outcome.turn == 1
+    }
+    complete = [
+        session for session in sessions
+        if all((configuration.name, session.session_id) in first_turns for configuration in configurations)
+    ]
     rows = []
-    for session in sessions[:SHEET_SESSIONS]:
+    for session in complete[:SHEET_SESSIONS]:
         turn = session.turns[0]
         row = [
             (turn.load_source(), ["input", _shorten(turn.instruction)]),
             (turn.load_target(), ["ground truth", f"session {session.session_id}, turn 1"]),
         ]
         for configuration in configurations:
-            outcome = next(item for item in _select(result.outcomes, configuration.name, "single-turn")
-                           if item.session_id == session.session_id and item.turn == 1)
+            outcome = first_turns[(configuration.name, session.session_id)]
             with Image.open(outcome.output_path) as image:
                 row.append((image.convert("RGB"), [configuration.label, *_metric_lines(outcome.metrics)]))
         rows.append(row)
+    if not rows:
+        return None
     return write_image_atomic(compose_sheet(rows, tile_height=192), path, overwrite=True)
 
 
 def _metric_lines(metrics: dict[str, float | None]) -> list[str]:
-    pixels = {key: metrics.get(key) for key in ("l1", "l2")}
-    clip = {key: metrics.get(key) for key in ("clip_i", "clip_t", "clip_dir")}
-    return [_brief(pixels), _brief(clip) or "CLIP n/a"]
+    groups = [("l1", "l2"), ("clip_i", "clip_t"), ("clip_dir",)]
+    return [_brief({key: metrics.get(key) for key in group}) or "n/a" for group in groups]
 
 
 def _shorten(text: str, limit: int = 60) -> str:

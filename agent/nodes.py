@@ -323,7 +323,7 @@ def _give_up(
         reason = f"{last['reason']}; no attempt produced a usable image, so the image is unchanged"
         return _finish_subtask(state, subtask, last, "failed", reason, new_attempts, count, keep_image=False)
     kept = f"attempt {best['number']}" + (f" (candidate {best['candidate']})" if best["candidate"] > 1 else "")
-    reason = f"{last['reason']} after {count} attempts; kept {kept}, the best one"
+    reason = f"no attempt passed in {count}; kept {kept}, the best one: {best['reason']}"
     return _finish_subtask(state, subtask, best, "failed", reason, new_attempts, count)
 
 
@@ -412,11 +412,11 @@ def _attempt(
         tool=subtask["tool"],
         params=dict(params),
         image=image,
-        scores={key: round(float(value), 5) for key, value in scores.items()},
+        scores={key: float(value) for key, value in scores.items()},
         verdict=verdict,  # type: ignore[typeddict-item]
         reason=reason,
         valid=valid,
-        quality=round(float(quality), 5),
+        quality=float(quality),
     )
 
 

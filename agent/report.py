@@ -120,8 +120,10 @@ def write_run_sheet(
     tiles = [(store.get(source), ["input", f"{source['width']}x{source['height']}"])]
     attempts = final.get("attempts", [])
     for result in final.get("results", []):
-        if result["image"] is not None:
-            tiles.append((store.get(result["image"]), _subtask_caption(result, attempts)))
+        # A skipped subtask, or a failed one without a usable image, leaves its input unchanged, so that is shown.
+        shown = result["image"] or result.get("input_image")
+        if shown is not None:
+            tiles.append((store.get(shown), _subtask_caption(result, attempts)))
     return write_image_atomic(compose_sheet([tiles]), path, overwrite=overwrite)
 
 
@@ -138,7 +140,7 @@ def _subtask_caption(result: dict[str, Any], attempts: list[dict[str, Any]]) -> 
         f"{result['subtask_index'] + 1}. {result['text']}",
         f"{result['status']} after {tries} attempt{'s' if tries != 1 else ''} ({result['tool']})",
     ]
-    if kept is not None:
+    if kept is not None and result["image"] is not None:
         lines.append(format_scores(kept["scores"]))
     if result["status"] != "accepted":
         lines.append(result["reason"])
@@ -167,7 +169,7 @@ def compose_sheet(rows: list[list[tuple[Any, list[str]]]], *, tile_height: int =
     caption_lines = max(len(lines) for row in rows for _, lines in row)
     caption_height = caption_lines * SHEET_LINE_HEIGHT + 2 * SHEET_PADDING
     row_height = tile_height + caption_height
-    scaled_rows = [[(_scale_to_height(image, tile_height), lines) for image, lines in row] for row in rows]
+    scaled_rows = [[(_fit_tile(image, tile_height), lines) for image, lines in row] for row in rows]
     width = max(sum(image.width for image, _ in row) for row in scaled_rows)
 
     sheet = Image.new("RGB", (width, row_height * len(rows)), (255, 255, 255))
@@ -185,21 +187,25 @@ def compose_sheet(rows: list[list[tuple[Any, list[str]]]], *, tile_height: int =
     return sheet
 
 
-def _scale_to_height(image: Any, height: int) -> Any:
-    rgb = image.convert("RGB")
-    width = max(1, round(rgb.width * height / rgb.height))
-    tile = rgb.resize((width, height))
-    if width >= MIN_TILE_WIDTH:
-        return tile
-    # A narrower tile could not show its caption, so a very tall image gets white space on both sides.
+def _fit_tile(image: Any, height: int) -> Any:
+    """Scale an image into a tile of the given height, at most MAX_TILE_ASPECT times as wide, on a white ground."""
     from PIL import Image
 
-    padded = Image.new("RGB", (MIN_TILE_WIDTH, height), (255, 255, 255))
-    padded.paste(tile, ((MIN_TILE_WIDTH - width) // 2, 0))
-    return padded
+    rgb = image.convert("RGB")
+    scale = min(height / rgb.height, MAX_TILE_ASPECT * height / rgb.width)
+    width = max(1, round(rgb.width * scale))
+    scaled = rgb.resize((width, max(1, round(rgb.height * scale))))
+    if scaled.size == (width, height) and width >= MIN_TILE_WIDTH:
+        return scaled
+    # A very wide image is shrunk to fit and a very tall one gets white space beside it, so that every tile keeps
+    # room for its caption and the sheet stays small.
+    tile = Image.new("RGB", (max(width, MIN_TILE_WIDTH), height), (255, 255, 255))
+    tile.paste(scaled, ((tile.width - scaled.width) // 2, (height - scaled.height) // 2))
+    return tile
 
 
 MIN_TILE_WIDTH = 160
+MAX_TILE_ASPECT = 4
 
 
 def _fit_label(draw: Any, label: str, width: int, font: Any) -> str:

@@ -152,8 +152,9 @@ class EditState(TypedDict, total=False):
 
 
 class OutputState(TypedDict, total=False):
-    """Result returned to a caller: the plan, the attempts and results, and the output image."""
+    """Result returned to a caller: the plan, the attempts and results, and the source and output images."""
 
+    source: ImageRef
     plan: list[Subtask]
     preserve: list[str]
     results: list[SubtaskResult]

@@ -454,3 +454,75 @@ def test_eval_types_are_frozen(parquet_file: Path) -> None:
     assert isinstance(session.turns[0], EvalTurn)
     with pytest.raises(AttributeError):
         session.turns[0].instruction = "changed"  # type: ignore[misc]
+
+
+# --- turn order, JSON edge cases and Hugging Face splits -------------------------------------------------------------
+
+
+def test_turns_out_of_order_sorted(folder: Path) -> None:
+    sessions_file = folder / "edit_sessions.json"
+    raw = read_json(sessions_file)
+    raw["303"] = [raw["303"][2], raw["303"][0], raw["303"][1]]
+    write_json(sessions_file, raw)
+    session = load_eval_dataset(folder)[2]
+
+    assert [turn.instruction for turn in session.turns] == [
+        "place a black box on the table", "add an orange ball", "draw a purple stripe across the top",
+    ]
+    assert [turn.turn for turn in session.turns] == [1, 2, 3]
+
+
+def test_broken_turn_chain_rejected(folder: Path) -> None:
+    sessions_file = folder / "edit_sessions.json"
+    raw = read_json(sessions_file)
+    raw["303"][2]["input"] = "303-input.png"
+    write_json(sessions_file, raw)
+
+    with pytest.raises(EvalDataError, match="session 303 .* do not form one chain"):
+        load_eval_dataset(folder)
+
+
+def test_duplicate_session_key_rejected(folder: Path) -> None:
+    sessions_file = folder / "edit_sessions.json"
+    text = sessions_file.read_text()
+    sessions_file.write_text(text.replace('"202":', '"101":', 1))
+
+    with pytest.raises(EvalDataError, match="the key '101' appears twice"):
+        load_eval_dataset(folder)
+
+
+def test_byte_order_mark_accepted(folder: Path) -> None:
+    sessions_file = folder / "edit_sessions.json"
+    sessions_file.write_bytes(b"\xef\xbb\xbf" + sessions_file.read_bytes())
+
+    assert len(load_eval_dataset(folder)) == 3
+
+
+def test_deeply_nested_json_rejected(folder: Path) -> None:
+    (folder / "edit_sessions.json").write_text("[" * 100000 + "]" * 100000)
+
+    with pytest.raises(EvalDataError, match="nested too deeply"):
+        load_eval_dataset(folder)
+
+
+def test_instruction_not_text_rejected(folder: Path) -> None:
+    sessions_file = folder / "edit_sessions.json"
+    raw = read_json(sessions_file)
+    raw["101"][0]["instruction"] = 42
+    write_json(sessions_file, raw)
+
+    with pytest.raises(EvalDataError, match="the instruction is a number, not text"):
+        load_eval_dataset(folder)
+
+
+def test_hub_snapshot_needs_split(tmp_path: Path) -> None:
+    sessions = make_sessions()
+    write_magicbrush_parquet(tmp_path / "data" / "train-00000-of-00001.parquet", sessions[:2])
+    write_magicbrush_parquet(tmp_path / "data" / "dev-00000-of-00001.parquet", sessions[2:])
+
+    with pytest.raises(EvalDataError, match=r"several splits \(dev, train\); pass --split"):
+        load_eval_dataset(tmp_path)
+    assert [session.session_id for session in load_eval_dataset(tmp_path, split="dev")] == ["303"]
+    assert len(load_eval_dataset(tmp_path / "data", split="train")) == 2
+    with pytest.raises(EvalDataError, match="invalid split 'test'"):
+        load_eval_dataset(tmp_path, split="test")

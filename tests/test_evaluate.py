@@ -106,7 +106,7 @@ def test_contact_sheet_size(tmp_path, tiny_context):
                             metric_embedder=None)
     sheet = Image.open(result.files["sheet"])
     # Tiles are 192 pixels high; 64x48 images are 256 wide; input, ground truth and four configurations per row.
-    caption = 3 * SHEET_LINE_HEIGHT + 2 * SHEET_PADDING
+    caption = 4 * SHEET_LINE_HEIGHT + 2 * SHEET_PADDING
 
     assert sheet.size == (6 * 256, 3 * (192 + caption))
 
@@ -122,13 +122,57 @@ def test_same_seed_for_every_configuration(tmp_path, tiny_context):
     assert np.array_equal(np.asarray(outputs["ip2p"]), np.asarray(outputs["decomposition"]))
 
 
+def test_unreadable_image_leaves_out_session(tmp_path):
+    dataset = write_magicbrush_folder(tmp_path / "data", _adjust_sessions())
+    (dataset / "images" / "2" / "2-output1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    context = Context(profile="offline", home=str(tmp_path / "home"))
+    result = run_evaluation(load_eval_dataset(dataset), context, tmp_path / "out", ablation=False,
+                            metric_embedder=None)
+    edits = (tmp_path / "out" / "edits.jsonl").read_text().splitlines()
+
+    assert {outcome.session_id for outcome in result.outcomes} == {"1"}
+    assert len(result.skipped) == 1
+    assert "session 2 turn 1" in result.skipped[0]
+    assert len(edits) == 3
+
+
+def test_similar_session_ids_keep_own_outputs(tmp_path):
+    sessions = _adjust_sessions()[1:]
+    twins = [dict(sessions[0], session_id="a.b"), {**sessions[0], "session_id": "a_b", "turns": [
+        {**sessions[0]["turns"][0], "instruction": "rotate it 90 degrees"}]}]
+    dataset = write_magicbrush_folder(tmp_path / "data", twins)
+    context = Context(profile="offline", home=str(tmp_path / "home"))
+    result = run_evaluation(load_eval_dataset(dataset), context, tmp_path / "out", ablation=False,
+                            metric_embedder=None)
+    paths = {outcome.session_id: outcome.output_path for outcome in result.outcomes if outcome.setting == "single-turn"}
+
+    assert paths["a.b"] != paths["a_b"]
+    assert Image.open(paths["a.b"]).size == (60, 40)
+    assert Image.open(paths["a_b"]).size == (40, 60)
+
+
+def test_unchecked_configurations_show_no_acceptance(tmp_path, tiny_context):
+    dataset = write_magicbrush_folder(tmp_path / "data")
+    result = run_evaluation(load_eval_dataset(dataset, limit=1), tiny_context, tmp_path / "out", ablation=True,
+                            metric_embedder=None)
+    first_row = next(line for line in result.table.splitlines() if line.startswith("| InstructPix2Pix"))
+    rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
+
+    assert first_row.split(" | ")[-2] == "n/a"
+    assert rows[0]["label"] == "InstructPix2Pix on the whole instruction"
+    assert rows[0]["accepted_by_critic"] == ""
+    assert rows[-1]["accepted_by_critic"].endswith("%")
+
+
 # --- the command ----------------------------------------------------------------------------------------------------
 
 
 def ragedit(*args, home):
+    # The test's folder is the working folder, so a run that ignores --out cannot write into the repository.
     env = dict(os.environ, RAGEDIT_HOME=str(home), HF_HUB_OFFLINE="1")
+    home.mkdir(parents=True, exist_ok=True)
     return subprocess.run([sys.executable, "-m", "agent.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+                          env=env, cwd=home.parent, timeout=300)
 
 
 def test_command_on_parquet(tmp_path, tiny_clip_dir):
@@ -143,6 +187,17 @@ def test_command_on_parquet(tmp_path, tiny_clip_dir):
     assert sorted(path.name for path in out.iterdir() if path.is_file()) == [
         "edits.jsonl", "results.csv", "results.md", "sheet.png"
     ]
+
+
+def test_command_needs_the_editor(tmp_path, tiny_clip_dir):
+    dataset = write_magicbrush_parquet(tmp_path / "mb.parquet")
+    result = ragedit("evaluate", dataset, "--profile", "full", "--clip-model", tiny_clip_dir,
+                     "--editor-model", "nobody/no-such-model", "--out", tmp_path / "out", home=tmp_path / "home")
+
+    assert result.returncode == 2
+    assert "nobody/no-such-model" in result.stderr
+    assert "pass --profile offline to score adjust edits only" in result.stderr
+    assert not (tmp_path / "out" / "results.md").exists()
 
 
 def test_command_refuses_to_replace_results(tmp_path):
@@ -162,13 +217,21 @@ def test_command_refuses_to_replace_results(tmp_path):
     [
         (["{tmp}/missing.parquet"], "missing.parquet"),
         (["{tmp}/mb.parquet", "--limit", "0"], "invalid --limit 0"),
-        (["{tmp}/mb.parquet", "--candidates", "9"], "invalid candidates 9"),
+        (["{tmp}/mb.parquet", "--candidates", "9"], "invalid --candidates 9"),
+        (["{tmp}/mb.parquet", "--metric-clip", "ViT-B-32:"], "a model name and a weights tag are needed"),
+        (["{tmp}/mb.parquet", "--metric-clip", "garbage"], "unknown open_clip model 'garbage'"),
+        (["{tmp}/mb.parquet", "--metric-clip", "ViT-B-32:nonexistent"], "has no weights 'nonexistent'"),
+        (["{tmp}/mb.parquet", "--metric-clip", "{tmp}/no-such-folder"], "folder not found"),
+        (["{tmp}/mb.parquet", "--out", ""], "invalid --out ''"),
+        (["{tmp}", "--out", "{tmp}/results"], "inside the dataset folder"),
     ],
 )
 def test_command_bad_input_one_line(tmp_path, args, message):
     write_magicbrush_parquet(tmp_path / "mb.parquet")
     filled = [arg.format(tmp=tmp_path) for arg in args]
-    result = ragedit("evaluate", *filled, "--profile", "offline", "--out", tmp_path / "out", home=tmp_path / "home")
+    defaults = [] if "--profile" in filled else ["--profile", "offline"]
+    defaults += [] if "--out" in filled else ["--out", tmp_path / "out"]
+    result = ragedit("evaluate", *filled, *defaults, home=tmp_path / "home")
 
     assert result.returncode == 2
     assert message in result.stderr
