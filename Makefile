@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[offline,dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[offline,studio,mcp,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -8,25 +8,44 @@ only by the commands that need them, so `ragedit --help` and `ragedit plan` star
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from enum import Enum
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 
+from agent import cli_common
+from agent.cli_common import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    OUTPUT_SUFFIXES,
+    CheckpointsOption,
+    HomeOption,
+    LLMOption,
+    ProfileName,
+    ProfileOption,
+    ThreadOption,
+    UsageError,
+    check_home,
+    check_writable,
+    configure_logging,
+    fail,
+    quiet_model_libraries,
+    real_path,
+    resolve_context,
+    run_guarded,
+)
+from agent.cli_eval import evaluate_command
+from agent.cli_index import index_app
+from agent.cli_thread import history_command, undo_command
 from agent.decompose import InstructionError, decompose
+from agent.mcp_server import mcp_command
 from tools.image_io import ImageInputError
 
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_INCOMPLETE = 3
-# Output formats that tools.image_io.write_image_atomic writes, by file suffix.
-OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 app = typer.Typer(
     name="ragedit",
@@ -35,119 +54,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-class ProfileName(str, Enum):
-    """Profiles a command can run with."""
-
-    full = "full"
-    offline = "offline"
-
-
-HomeOption = typer.Option(
-    None, "--home", help="Data folder for artifacts and case libraries.",
-    show_default="$RAGEDIT_HOME, else the user data folder",
-)
-ProfileOption = typer.Option(
-    None, "--profile",
-    help="full: InstructPix2Pix and CLIP (weights downloaded once); offline: adjust edits only, no network.",
-    show_default="$RAGEDIT_PROFILE, else full when its CLIP model loads, else offline",
-)
-
-
-def resolve_profile(requested: "ProfileName | None", clip_model: str | None) -> str:
-    """Return the profile to run: the one requested, else $RAGEDIT_PROFILE, else full when CLIP loads, else offline.
-
-    Falling back to offline keeps a first command working on a machine without the weights or a network. A note on
-    stderr reports the fallback, and --profile full turns it into an error.
-    """
-    if requested is not None:
-        return ProfileName(requested).value
-    configured = os.environ.get("RAGEDIT_PROFILE", "").strip()
-    if configured:
-        if configured not in ProfileName.__members__:
-            raise UsageError(f"invalid RAGEDIT_PROFILE {configured!r}: use full or offline")
-        return configured
-
-    from tools.embeddings import DEFAULT_CLIP_MODEL, EmbedderUnavailableError, load_clip_embedder
-
-    if not _hub_reachable():
-        # Without this, huggingface_hub retries each weights file for about half a minute before giving up.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        load_clip_embedder(clip_model or DEFAULT_CLIP_MODEL)
-    except EmbedderUnavailableError:
-        typer.echo(
-            "ragedit: note: using the offline profile, because the full profile's CLIP model is not available here "
-            "(pass --profile full to see why, or --profile offline to skip this check)",
-            err=True,
-        )
-        return ProfileName.offline.value
-    return ProfileName.full.value
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Tell whether the Hugging Face Hub (or the mirror in $HF_ENDPOINT) accepts a connection."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-class UsageError(Exception):
-    """Bad input or usage: printed as one line, exit status 2."""
-
-
-def fail(message: str, code: int = EXIT_USAGE) -> None:
-    typer.echo(f"ragedit: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def configure_logging(verbose: bool) -> None:
-    """Log to stderr: warnings by default, and everything from INFO up with --verbose."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    if not verbose:
-        handler.addFilter(_drop_library_errors)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-
-
-def case_library_message(error: Exception) -> str:
-    """Return a case-library error, warning that deleting the library also deletes what it learned."""
-    message = str(error)
-    if "delete" in message:
-        message += " (deleting it also deletes the cases learned from accepted edits and ingested datasets)"
-    return message
-
-
-def quiet_model_libraries() -> None:
-    """Stop model libraries from drawing progress bars and logging retries; the CLI reports progress and errors."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    # huggingface_hub logs every retry of an unreachable Hub, and the one-line error that follows reports it.
-    # It reads HF_HUB_VERBOSITY when first imported, so the variable works where a logger level set now would not.
-    if logging.getLogger().level > logging.INFO:
-        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
-
-
-def _drop_library_errors(record: logging.LogRecord) -> bool:
-    # open_clip logs a failed download on the root logger before it raises. The CLI reports the raised error as one
-    # line, so the logged copy is shown only with --verbose.
-    return not (record.name == "root" and "open_clip" in record.pathname)
-
-
-LLMOption = typer.Option(
-    None, "--llm", help="Decompose with a chat model, PROVIDER:MODEL (openai:gpt-4o-mini, ollama:llama3, ...) or "
-    "llamacpp:/path/model.gguf; falls back to the rules on any model failure.", show_default="the rules decomposer",
-)
-
 
 @app.command()
 def plan(
@@ -249,6 +155,14 @@ def edit(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output or report file."),
     home: Optional[Path] = HomeOption,
     llm: Optional[str] = LLMOption,
+    thread: Optional[str] = ThreadOption,
+    from_step: Optional[int] = typer.Option(
+        None, "--from", help="Branch the thread from this step of `ragedit history` instead of its current image."
+    ),
+    approve_plan: bool = typer.Option(
+        False, "--approve-plan", help="Show the plan and ask to accept, edit or cancel it before editing."
+    ),
+    checkpoints: Optional[Path] = CheckpointsOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
 ) -> None:
     """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
@@ -259,45 +173,13 @@ def edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
             candidates=candidates,
             editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
-            sheet=sheet, overwrite=overwrite, home=home, llm=llm,
+            sheet=sheet, overwrite=overwrite, home=home, llm=llm, thread=thread, from_step=from_step,
+            approve_plan=approve_plan, checkpoints=checkpoints,
         ),
         verbose,
         input_errors=(ImageInputError,),
     )
     raise typer.Exit(code)
-
-
-def run_guarded(command: Callable[[], Any], verbose: bool, input_errors: tuple[type[Exception], ...] = ()) -> Any:
-    """Run a command's work, turning each error into one line: exit 2 for bad input, 1 for an internal error."""
-    from tools.case_store import CaseStoreError
-    from tools.embeddings import EmbedderUnavailableError
-
-    try:
-        return command()
-    except typer.Exit:
-        raise
-    except CaseStoreError as error:
-        fail(case_library_message(error))
-    except EmbedderUnavailableError as error:
-        fail(f"{error}; or run with --profile offline, which downloads nothing")
-    except (UsageError, InstructionError, FileExistsError, *input_errors) as error:
-        fail(str(error))
-    except OSError as error:
-        if error.filename is None:
-            report_internal_error(error, verbose)
-        fail(f"{error.strerror or 'input/output error'}: {error.filename}; check the path and its permissions")
-    except Exception as error:  # noqa: BLE001 - the CLI must never show a traceback unless asked to
-        report_internal_error(error, verbose)
-
-
-def report_internal_error(error: Exception, verbose: bool) -> None:
-    if isinstance(error, BrokenPipeError):
-        # The reader of the output has exited (`ragedit ... | head`), so there is no one to report to.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(EXIT_INTERNAL)
-    if verbose:
-        logging.getLogger(__name__).exception("edit failed")
-    fail(f"internal error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)", EXIT_INTERNAL)
 
 
 def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> int:
@@ -309,13 +191,22 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     check_home(options["home"])
     context = resolve_context(options)
 
-    state_input = {
-        "image_path": str(image),
-        "instruction": instruction,
-        "output_path": str(output),
-        "overwrite": options["overwrite"],
-    }
-    final = _stream_run(state_input, context)
+    if options["thread"] or options["approve_plan"] or options["from_step"] is not None:
+        from agent.cli_thread import edit_on_thread
+
+        final = edit_on_thread(image, instruction, output, context, options, ProgressPrinter())
+        instruction = final.get("instruction", instruction)
+        if final.get("cancelled"):
+            typer.echo("Cancelled: nothing was edited or written.")
+            return EXIT_INCOMPLETE
+    else:
+        state_input = {
+            "image_path": str(image),
+            "instruction": instruction,
+            "output_path": str(output),
+            "overwrite": options["overwrite"],
+        }
+        final = _stream_run(state_input, context)
 
     report_data = build_report(instruction, context, final)
     if options["report"]:
@@ -330,53 +221,16 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     return EXIT_OK if all(item["status"] == "accepted" for item in report_data["subtasks"]) else EXIT_INCOMPLETE
 
 
-def resolve_context(options: dict[str, Any]) -> Any:
-    """Resolve the profile, check the editor model and build the run's Context from command-line options."""
-    options["profile"] = resolve_profile(options["profile"], options["clip_model"])
-    check_editor_model(options["editor_model"], options["profile"])
-    try:
-        context = make_context(options)
-    except ValueError as error:
-        raise UsageError(_flag_names(str(error))) from None
-    if context.profile == "offline":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return context
-
-
-def _flag_names(message: str) -> str:
-    """Name the command-line options in a Context error ("invalid max_side 0" becomes "invalid --max-side 0")."""
-    for field in ("max_attempts", "max_side", "candidates", "steps", "seed", "device"):
-        message = message.replace(f"invalid {field} ", f"invalid --{field.replace('_', '-')} ")
-    return message
-
-
-def make_context(options: dict[str, Any]) -> Any:
-    """Build the run's Context from command-line options; raises ValueError for an invalid setting."""
-    from agent.context import Context
-
-    return Context(
-        profile=ProfileName(options["profile"]).value,
-        home=str(options["home"] or ""),
-        seed=options["seed"],
-        steps=options["steps"],
-        max_attempts=options["max_attempts"],
-        candidates=options["candidates"],
-        max_side=options["max_side"],
-        device=options["device"],
-        **{key: options[key] for key in ("editor_model", "clip_model", "llm") if options[key]},
-    )
-
-
 def _check_paths(image: Path, targets: dict[str, Path | None], overwrite: bool) -> None:
     """Reject output paths that would replace the input, each other, or an existing file, or cannot be written."""
     if not image.exists():
         raise UsageError(f"cannot read {image}: file not found")
-    source = _real_path(image)
+    source = real_path(image)
     claimed: dict[Path, str] = {}
     for label, path in targets.items():
         if path is None:
             continue
-        real = _real_path(path)
+        real = real_path(path)
         if real == source:
             raise UsageError(f"invalid {label} {path}: it is the input image; choose another path")
         if real in claimed:
@@ -386,7 +240,7 @@ def _check_paths(image: Path, targets: dict[str, Path | None], overwrite: bool) 
             raise UsageError(f"invalid {label} {path}: it is a directory; give a file name such as {path / 'out.png'}")
         if path.exists() and not overwrite:
             raise UsageError(f"{label} {path} exists; pass --overwrite to replace it")
-        _check_writable(label, path)
+        check_writable(label, path)
 
     for label in ("output", "sheet"):
         path = targets.get(label)
@@ -395,42 +249,6 @@ def _check_paths(image: Path, targets: dict[str, Path | None], overwrite: bool) 
                 f"invalid {label} {path}: unsupported suffix {path.suffix or '(none)'!r} "
                 f"(use one of {', '.join(OUTPUT_SUFFIXES)})"
             )
-
-
-def _real_path(path: Path) -> Path:
-    # realpath also resolves "missing/../photo.png", which Path.exists() and resolve() comparisons can miss.
-    return Path(os.path.realpath(path))
-
-
-def _check_writable(label: str, path: Path) -> None:
-    folder = _real_path(path).parent
-    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
-    if not existing.is_dir():
-        raise UsageError(f"invalid {label} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {label} {path}: no permission to write in {existing}")
-
-
-def check_editor_model(editor_model: str | None, profile: str) -> None:
-    """Reject an --editor-model folder that does not exist; note that the offline profile ignores the option."""
-    if not editor_model:
-        return
-    if ProfileName(profile) is ProfileName.offline:
-        typer.echo("ragedit: note: --editor-model is not used in the offline profile; add --profile full", err=True)
-        return
-    # A Hugging Face id is "name" or "owner/name"; anything else is a folder, which must exist.
-    looks_like_path = editor_model.startswith((".", "~", "/")) or editor_model.count("/") > 1
-    if looks_like_path and not Path(editor_model).expanduser().exists():
-        raise UsageError(f"invalid --editor-model {editor_model}: folder not found; pass a local diffusers folder "
-                         "or a Hugging Face model id such as timbrooks/instruct-pix2pix")
-
-
-def check_home(home: Path | None) -> None:
-    if home is None:
-        return
-    if home.exists() and not home.is_dir():
-        raise UsageError(f"invalid --home {home}: it is a file; pass a folder (it is created when missing)")
-    _check_writable("--home", home / "artifacts")
 
 
 def _stream_run(state_input: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -527,10 +345,6 @@ def _print_summary(report_data: dict[str, Any], report_path: Path | None, sheet:
 
 
 
-# Message printed on Ctrl-C about the files the run left. Commands whose files differ from edit's set their own.
-interrupt_message = "interrupted; no output was written unless a 'Wrote' line above names it"
-
-
 def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     """End the process at once on Ctrl-C.
 
@@ -539,7 +353,7 @@ def _exit_on_interrupt(signal_number: int, frame: Any) -> None:
     and renamed, so exiting without that wait cannot leave a half-written output.
     """
     sys.stdout.flush()
-    sys.stderr.write(f"ragedit: error: {interrupt_message}\n")
+    sys.stderr.write(f"ragedit: error: {cli_common.interrupt_message}\n")
     sys.stderr.flush()
     os._exit(130)
 
@@ -565,14 +379,12 @@ def main() -> None:
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
+app.add_typer(index_app, name="index")
+app.command(name="evaluate")(evaluate_command)
+app.command(name="history")(history_command)
+app.command(name="undo")(undo_command)
+app.command(name="mcp")(mcp_command)
+
+
 if __name__ == "__main__":
-    # Run the imported module rather than this __main__ copy, so agent.cli_index finds one agent.cli to import from.
-    from agent.cli import main as run
-
-    run()
-else:
-    from agent.cli_eval import evaluate_command  # noqa: E402 - these modules import shared options from this one
-    from agent.cli_index import index_app  # noqa: E402
-
-    app.add_typer(index_app, name="index")
-    app.command(name="evaluate")(evaluate_command)
+    main()

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from agent.cli import (
+from agent.cli_common import (
     HomeOption,
     ProfileName,
     ProfileOption,
@@ -96,7 +96,7 @@ def _run_evaluation(
     dataset: Path, ablation: bool, limit: int | None, split: str | None, out: str | None, metric_clip: str,
     overwrite: bool, options: dict[str, Any],
 ) -> int:
-    from agent import cli
+    from agent import cli_common
     from agent.eval_data import load_eval_dataset
     from agent.evaluate import EDITS_FILE, run_evaluation
 
@@ -122,7 +122,7 @@ def _run_evaluation(
     turns = sum(len(session.turns) for session in sessions)
     typer.echo(f"Evaluating {_count(len(sessions), 'session')} ({_count(turns, 'turn')}) from {dataset} into "
                f"{out_dir}", err=True)
-    cli.interrupt_message = f"interrupted; the edits finished so far are in {out_dir / EDITS_FILE}"
+    cli_common.interrupt_message = f"interrupted; the edits finished so far are in {out_dir / EDITS_FILE}"
     result = run_evaluation(
         sessions, context, out_dir, ablation=ablation, metric_embedder=metric_embedder,
         progress=lambda line: typer.echo(line, err=True),

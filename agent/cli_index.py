@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from agent.cli import (
+from agent.cli_common import (
     HomeOption,
     ProfileName,
     ProfileOption,

@@ -124,6 +124,13 @@ class Context:
         default=True,
         **_describe("Check every attempt and retry failed ones; off accepts the first output unchecked (ablation)."),
     )
+    approve_plan: bool = field(
+        default=False,
+        **_describe(
+            "Stop after decomposition with the plan as an interrupt; resume with accept, cancel, or "
+            '{"action": "edit", "instruction": "..."} to plan a new instruction.'
+        ),
+    )
     learn: bool = field(default=True, **_describe("Add accepted attempts to the case library at the end of the run."))
     llm: str = field(
         default="",

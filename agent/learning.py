@@ -75,7 +75,11 @@ def learn_from_run(state: EditState, context: Context) -> int:
 def _outcomes_by_subtask(state: EditState) -> dict[int, tuple[Attempt | None, list[Attempt]]]:
     """Group attempts that produced an image into (accepted attempt or None, rejected attempts) per subtask."""
     outcomes: dict[int, tuple[Attempt | None, list[Attempt]]] = {}
+    turn = state.get("turn", 1)
     for attempt in state.get("attempts", []):
+        if attempt.get("turn", 1) != turn:
+            # Earlier turns of a thread were learned when they finished.
+            continue
         if attempt["image"] is None or attempt["verdict"] == "outscored":
             # An outscored candidate passed the critic, so it is no failure; the accepted one is the success.
             continue
@@ -93,7 +97,8 @@ def _input_image_vectors(state: EditState, context: Context, indexes: list[int])
     clip = resources.clip_for(context)
     if clip is None:
         return None
-    results = {result["subtask_index"]: result for result in state.get("results", [])}
+    turn = state.get("turn", 1)
+    results = {result["subtask_index"]: result for result in state.get("results", []) if result.get("turn", 1) == turn}
     artifacts = resources.artifact_store(context)
     rows = []
     for index in indexes:

@@ -7,10 +7,12 @@ Nodes read and write JSON-native state only: images go through the artifact stor
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 from PIL import Image
 
 from agent import critic, resources
@@ -18,7 +20,7 @@ from agent.context import Context
 from agent.decompose import decompose, whole_instruction_plan
 from agent.learning import learn_from_run
 from agent.retrieval import first_params, to_retrieved
-from agent.state import Attempt, EditState, Memory, RetrievedCase, Subtask, SubtaskResult
+from agent.state import Attempt, EditState, Memory, RetrievedCase, Step, Subtask, SubtaskResult
 from tools.adjust import AdjustError, adjust
 from tools.image_io import ImageRef, load_image, write_image_atomic
 from tools.instruct_pix2pix import DEFAULT_MODEL_ID, EditorUnavailableError, edit_image
@@ -56,32 +58,111 @@ def _subtask(state: EditState) -> Subtask:
 
 def _subtask_attempts(state: EditState) -> list[Attempt]:
     index = state["subtask_index"]
-    return [attempt for attempt in state.get("attempts", []) if attempt["subtask_index"] == index]
+    turn = state.get("turn", 1)
+    return [
+        attempt for attempt in state.get("attempts", [])
+        if attempt["subtask_index"] == index and attempt.get("turn", 1) == turn
+    ]
 
 
 # --- nodes --------------------------------------------------------------------------------------------------------
 
 
 def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Load the photo into the artifact store and decompose the instruction into a plan."""
+    """Start a turn: load the photo (or continue from the thread's current image) and decompose the instruction.
+
+    On a thread that already has an image, an empty image_path or the same photo continues from the current image.
+    That turn keeps the memory, so the things to preserve carry over. Another photo starts over from that photo.
+    """
     context = context_of(runtime)
-    image = load_image(state["image_path"])
-    source = resources.artifact_store(context).put(image)
-    if context.use_decomposition:
-        plan = _decompose(state["instruction"], context)
-    else:
-        plan = whole_instruction_plan(state["instruction"])
-    _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": plan.preserve})
-    memory = Memory(added=[], removed=[], changed=[], preserved=list(plan.preserve))
-    return {
-        "source": source,
-        "current": source,
-        "plan": plan.subtasks,
-        "preserve": plan.preserve,
-        "subtask_index": 0,
-        "lineage": [source],
-        "memory": memory,
+    turn = state.get("turn", 0) + 1
+    plan = _plan(state["instruction"], context)
+    update: dict[str, Any] = {
+        "turn": turn, "subtask_index": 0, "cancelled": False, "approval": "", "next_params": {},
     }
+
+    if _continues_thread(state):
+        memory = state["memory"]
+        preserve = list(dict.fromkeys([*memory["preserved"], *plan.preserve]))
+        update["turn_input"] = state["current"]
+    else:
+        source_path = str(Path(state["image_path"]).expanduser().resolve())
+        source = resources.artifact_store(context).put(load_image(source_path))
+        memory = Memory(added=[], removed=[], changed=[], preserved=[])
+        preserve = list(plan.preserve)
+        step = Step(step=len(state.get("steps", [])), turn=turn, text="input", status="input", image=source)
+        update.update(source=source, source_path=source_path, current=source, turn_input=source, lineage=[source],
+                      steps=[step])
+
+    memory = Memory(**{**memory, "preserved": preserve})
+    _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": preserve, "turn": turn})
+    update.update(plan=plan.subtasks, preserve=preserve, memory=memory)
+    return update
+
+
+def _continues_thread(state: EditState) -> bool:
+    if state.get("current") is None:
+        return False
+    image_path = state.get("image_path")
+    if not image_path:
+        return True
+    return str(Path(image_path).expanduser().resolve()) == state.get("source_path")
+
+
+def _plan(instruction: str, context: Context):
+    if context.use_decomposition:
+        return _decompose(instruction, context)
+    return whole_instruction_plan(instruction)
+
+
+def approve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """With approve_plan set, stop with the plan as an interrupt and apply the answer: accept, cancel or edit.
+
+    The answer is "accept", "cancel", or {"action": "edit", "instruction": "..."}, which plans the new instruction
+    and asks again.
+    """
+    context = context_of(runtime)
+    if not context.approve_plan:
+        return {}
+    answer = interrupt({
+        "question": "Accept this plan? Answer accept, cancel, or {\"action\": \"edit\", \"instruction\": ...}.",
+        "instruction": state["instruction"],
+        "plan": [_public_subtask(subtask) for subtask in state["plan"]],
+        "preserve": state["preserve"],
+    })
+    action, instruction = _read_answer(answer)
+    if action == "cancel":
+        _emit({"event": "cancelled"})
+        return {"cancelled": True}
+    if action == "accept":
+        return {"approval": "accepted"}
+
+    plan = _plan(instruction, context)
+    preserve = list(dict.fromkeys([*state["memory"]["preserved"], *plan.preserve]))
+    _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": preserve, "turn": state["turn"]})
+    return {"instruction": instruction, "plan": plan.subtasks, "preserve": preserve, "approval": "edited"}
+
+
+def _read_answer(answer: Any) -> tuple[str, str]:
+    """Return (action, instruction) from an approval answer; anything unreadable counts as cancel."""
+    if isinstance(answer, bool):
+        return ("accept" if answer else "cancel"), ""
+    if isinstance(answer, str):
+        action = answer.strip().lower()
+        return (action if action in ("accept", "cancel") else "cancel"), ""
+    if isinstance(answer, dict):
+        action = str(answer.get("action", "")).strip().lower()
+        instruction = answer.get("instruction")
+        if action == "edit" and isinstance(instruction, str) and instruction.strip():
+            return "edit", instruction
+        if action in ("accept", "cancel"):
+            return action, ""
+    logger.warning("unreadable plan approval %r; the plan is cancelled", answer)
+    return "cancel", ""
+
+
+def _public_subtask(subtask: Subtask) -> dict[str, Any]:
+    return {key: subtask[key] for key in ("text", "tool", "operation", "amount")}
 
 
 def _decompose(instruction: str, context: Context):
@@ -119,7 +200,9 @@ def retrieve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
         update["plan"] = plan
 
     if subtask["tool"] == "instruct_pix2pix" and context.profile == "offline":
-        result = _result(subtask, "skipped", OFFLINE_EDITOR_REASON, 0, None, retrieved, state["current"])
+        result = _result(
+            state["turn"], subtask, "skipped", OFFLINE_EDITOR_REASON, 0, None, retrieved, state["current"]
+        )
         _emit({"event": "verdict", "subtask": subtask["text"], "status": "skipped", "reason": OFFLINE_EDITOR_REASON})
         update.update(results=[result], subtask_index=state["subtask_index"] + 1, next_params={})
         return update
@@ -206,9 +289,11 @@ def critique_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
     params = state["next_params"]
 
     if not pending["images"]:
-        attempt = _attempt(subtask, number, 1, params, None, {}, "give_up", pending["error"], False, -1.0)
+        attempt = _attempt(
+            state["turn"], subtask, number, 1, params, None, {}, "give_up", pending["error"], False, -1.0
+        )
         result = _result(
-            subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []), state["current"]
+            state["turn"], subtask, pending["status"], pending["error"], number, None, state.get("retrieved", []), state["current"]
         )
         _emit({"event": "verdict", "subtask": subtask["text"], "status": pending["status"], "reason": pending["error"]})
         return {"attempts": [attempt], "results": [result], "subtask_index": state["subtask_index"] + 1}
@@ -218,7 +303,8 @@ def critique_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]
     chosen = order[0]
     verdict = critic.verdict_for(judgements[chosen], number, context.max_attempts)
     attempts = [
-        _candidate_attempt(subtask, number, index, params, pending, judgement, verdict, chosen, judgements[chosen])
+        _candidate_attempt(state["turn"], subtask, number, index, params, pending, judgement, verdict, chosen,
+                           judgements[chosen])
         for index, judgement in enumerate(judgements)
     ]
     for attempt in attempts:
@@ -239,6 +325,7 @@ def _attempt_count(attempts: list[Attempt]) -> int:
 
 
 def _candidate_attempt(
+    turn: int,
     subtask: Subtask,
     number: int,
     index: int,
@@ -257,7 +344,7 @@ def _candidate_attempt(
         verdict = "outscored"
     candidate_params = {**params, "seed": pending["seeds"][index]} if "seed" in params else dict(params)
     return _attempt(
-        subtask, number, index + 1, candidate_params, pending["images"][index], judgement.scores, verdict, reason,
+        turn, subtask, number, index + 1, candidate_params, pending["images"][index], judgement.scores, verdict, reason,
         judgement.valid, judgement.quality,
     )
 
@@ -338,7 +425,9 @@ def _finish_subtask(
     keep_image: bool = True,
 ) -> dict[str, Any]:
     image = kept["image"] if keep_image else None
-    result = _result(subtask, status, reason, count, image, state.get("retrieved", []), state["current"])
+    result = _result(
+        state["turn"], subtask, status, reason, count, image, state.get("retrieved", []), state["current"]
+    )
     _emit({"event": "verdict", "subtask": subtask["text"], "status": status, "reason": reason})
     update: dict[str, Any] = {
         "attempts": new_attempts,
@@ -346,9 +435,9 @@ def _finish_subtask(
         "subtask_index": state["subtask_index"] + 1,
     }
     if image is not None:
-        update["current"] = image
-        update["lineage"] = [image]
-        update["memory"] = _remember(state["memory"], subtask)
+        step = Step(step=len(state.get("steps", [])), turn=state["turn"], text=subtask["text"], status=status,
+                    image=image)
+        update.update(current=image, lineage=[image], steps=[step], memory=_remember(state["memory"], subtask))
     return update
 
 
@@ -358,7 +447,10 @@ def _remember(memory: Memory, subtask: Subtask) -> Memory:
         preserved=list(memory["preserved"]),
     )
     first_word = subtask["text"].split()[0].lower() if subtask["text"] else ""
-    if first_word in ("remove", "delete", "erase"):
+    if subtask["tool"] == "adjust":
+        # "add a vignette" adjusts the whole photo; it adds no object to remember.
+        updated["changed"].append(subtask["text"])
+    elif first_word in ("remove", "delete", "erase"):
         updated["removed"].append(subtask["text"])
     elif first_word in ("add", "put", "place", "insert", "give"):
         updated["added"].append(subtask["text"])
@@ -394,6 +486,7 @@ def _public(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _attempt(
+    turn: int,
     subtask: Subtask,
     number: int,
     candidate: int,
@@ -406,6 +499,7 @@ def _attempt(
     quality: float,
 ) -> Attempt:
     return Attempt(
+        turn=turn,
         subtask_index=subtask["index"],
         number=number,
         candidate=candidate,
@@ -421,6 +515,7 @@ def _attempt(
 
 
 def _result(
+    turn: int,
     subtask: Subtask,
     status: str,
     reason: str,
@@ -430,6 +525,7 @@ def _result(
     input_image: ImageRef | None = None,
 ) -> SubtaskResult:
     return SubtaskResult(
+        turn=turn,
         input_image=input_image,
         subtask_index=subtask["index"],
         text=subtask["text"],

@@ -14,8 +14,8 @@ REPORT_VERSION = 1
 
 def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[str, Any]:
     """Assemble the report from the graph's final state."""
-    attempts = final.get("attempts", [])
-    results = {result["subtask_index"]: result for result in final.get("results", [])}
+    attempts = this_turn(final, "attempts")
+    results = {result["subtask_index"]: result for result in this_turn(final, "results")}
     subtasks = []
     for subtask in final.get("plan", []):
         result = results.get(subtask["index"])
@@ -60,6 +60,7 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
     return {
         "version": REPORT_VERSION,
         "instruction": instruction,
+        "turn": final.get("turn", 1),
         "profile": context.profile,
         "settings": {**asdict(context), "home": str(context.home_path)},
         "plan": [{"text": subtask["text"], "tool": subtask["tool"]} for subtask in final.get("plan", [])],
@@ -74,6 +75,12 @@ def build_report(instruction: str, context: Any, final: dict[str, Any]) -> dict[
         },
         "learned_cases": final.get("learned_cases", 0),
     }
+
+
+def this_turn(final: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """Return the attempts or results of the state's last turn; a thread keeps those of every turn."""
+    turn = final.get("turn", 1)
+    return [item for item in final.get(key, []) if item.get("turn", 1) == turn]
 
 
 def write_json_atomic(data: dict[str, Any], path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -116,10 +123,10 @@ def write_run_sheet(
     from tools.image_io import ArtifactStore, write_image_atomic
 
     store = ArtifactStore(artifact_root)
-    source = final["source"]
+    source = final.get("turn_input") or final["source"]
     tiles = [(store.get(source), ["input", f"{source['width']}x{source['height']}"])]
-    attempts = final.get("attempts", [])
-    for result in final.get("results", []):
+    attempts = this_turn(final, "attempts")
+    for result in this_turn(final, "results"):
         # A skipped subtask, or a failed one without a usable image, leaves its input unchanged, so that is shown.
         shown = result["image"] or result.get("input_image")
         if shown is not None:

@@ -7,7 +7,12 @@ the state contains `ImageRef`s, so checkpoints stay small and any checkpointer c
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, with_config
+# typing.TypedDict gives pydantic no JSON schema before Python 3.12, and the LangGraph server needs one for Studio's
+# input form.
+from typing_extensions import TypedDict
 
 from tools.image_io import ImageRef
 
@@ -55,6 +60,8 @@ class RetrievedCase(TypedDict):
 class Attempt(TypedDict):
     """One run of a tool on one subtask, with the critic's verdict."""
 
+    turn: int
+    """The instruction of the thread this attempt belongs to, from 1."""
     subtask_index: int
     number: int
     """1 for the first attempt at a subtask, 2 for its first retry, and so on."""
@@ -76,6 +83,8 @@ class Attempt(TypedDict):
 class SubtaskResult(TypedDict):
     """Final outcome of one subtask."""
 
+    turn: int
+    """The instruction of the thread this subtask belongs to, from 1."""
     subtask_index: int
     text: str
     tool: ToolName
@@ -89,6 +98,19 @@ class SubtaskResult(TypedDict):
     retrieved: list[RetrievedCase]
 
 
+class Step(TypedDict):
+    """One image in the thread's history: the input photo, or the image after a subtask changed it."""
+
+    step: int
+    """Position in the thread's history, from 0 for the input photo."""
+    turn: int
+    text: str
+    """The subtask that made the image, or "input" for the photo."""
+    status: str
+    """"input", or the subtask's status ("accepted" or "failed" with the best attempt kept)."""
+    image: ImageRef
+
+
 class Memory(TypedDict):
     """Record of what the edit added, removed, changed and preserved, for later instructions on the same thread."""
 
@@ -98,11 +120,13 @@ class Memory(TypedDict):
     preserved: list[str]
 
 
+@with_config(ConfigDict(use_attribute_docstrings=True))
 class InputState(TypedDict, total=False):
     """The input form: the photo, the instruction, and where to write the result."""
 
     image_path: str
-    """Path of the photo to edit (PNG, JPEG, WebP, BMP, TIFF or GIF)."""
+    """Path of the photo to edit (PNG, JPEG, WebP, BMP, TIFF or GIF). On a thread that already has an image, empty or
+    the same photo continues from the current image, and another photo starts over from it."""
     instruction: str
     """The edit in plain language, for example "make it brighter and add a rainbow"."""
     output_path: str
@@ -119,8 +143,14 @@ class EditState(TypedDict, total=False):
     output_path: str
     overwrite: bool
 
+    turn: int
+    """Number of instructions given on this thread so far; each run of the graph is one turn."""
+    source_path: str
+    """Absolute path of the photo the thread edits."""
     source: ImageRef
     """The input photo after orientation and colour-mode normalisation."""
+    turn_input: ImageRef
+    """The image this turn started from: the source on the first turn, the previous turn's result after that."""
     current: ImageRef
     """The image that the next subtask edits."""
     plan: list[Subtask]
@@ -143,6 +173,12 @@ class EditState(TypedDict, total=False):
     results: Annotated[list[SubtaskResult], operator.add]
     lineage: Annotated[list[ImageRef], operator.add]
     """Each image the edit passed through, from the source to the output."""
+    steps: Annotated[list[Step], operator.add]
+    """The thread's history of images, which `ragedit history` lists and `--from STEP` and undo go back to."""
+    cancelled: bool
+    """True when the user cancelled the plan at the approval step; nothing was edited or written."""
+    approval: str
+    """The answer to the plan approval: "accepted", or "edited" when a new plan awaits approval; "" before."""
     memory: Memory
     output: ImageRef
     written_path: str
@@ -154,13 +190,17 @@ class EditState(TypedDict, total=False):
 class OutputState(TypedDict, total=False):
     """Result returned to a caller: the plan, the attempts and results, and the source and output images."""
 
+    turn: int
     source: ImageRef
+    turn_input: ImageRef
     plan: list[Subtask]
     preserve: list[str]
     results: list[SubtaskResult]
     attempts: list[Attempt]
     lineage: list[ImageRef]
+    steps: list[Step]
     output: ImageRef
     written_path: str
+    cancelled: bool
     memory: Memory
     learned_cases: int

@@ -1,4 +1,4 @@
-"""The edit graph: decompose, then for each subtask retrieve, edit and critique, then finish.
+"""The edit graph: decompose, approve the plan when asked to, then for each subtask retrieve, edit and critique.
 
 `builder` is the uncompiled graph for callers that add a checkpointer; `graph` is compiled without one for
 langgraph.json (the LangGraph server brings its own persistence).
@@ -12,6 +12,7 @@ from langgraph.graph import END, START, StateGraph
 
 from agent.context import Context
 from agent.nodes import (
+    approve_node,
     critique_node,
     decompose_node,
     edit_node,
@@ -20,6 +21,15 @@ from agent.nodes import (
     retrieve_node,
 )
 from agent.state import EditState, InputState, OutputState
+
+
+def route_approval(state: EditState) -> Literal["next_subtask", "approve", "__end__"]:
+    """Edit after an accepted plan, ask again about an edited plan, and stop after a cancelled one."""
+    if state.get("cancelled"):
+        return END
+    if state.get("approval") == "edited":
+        return "approve"
+    return "next_subtask"
 
 
 def route_subtask(state: EditState) -> Literal["retrieve", "finish"]:
@@ -46,6 +56,7 @@ def route_verdict(state: EditState) -> Literal["edit", "next_subtask"]:
 
 builder = StateGraph(EditState, context_schema=Context, input_schema=InputState, output_schema=OutputState)
 builder.add_node("decompose", decompose_node)
+builder.add_node("approve", approve_node)
 builder.add_node("next_subtask", next_subtask_node)
 builder.add_node("retrieve", retrieve_node)
 builder.add_node("edit", edit_node)
@@ -53,7 +64,8 @@ builder.add_node("critique", critique_node)
 builder.add_node("finish", finish_node)
 
 builder.add_edge(START, "decompose")
-builder.add_edge("decompose", "next_subtask")
+builder.add_edge("decompose", "approve")
+builder.add_conditional_edges("approve", route_approval)
 builder.add_conditional_edges("next_subtask", route_subtask)
 builder.add_conditional_edges("retrieve", route_retrieved)
 builder.add_edge("edit", "critique")

@@ -21,12 +21,13 @@ import struct
 import tempfile
 import warnings
 import zlib
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 from langchain_core.tools import StructuredTool, ToolException
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 logger = logging.getLogger(__name__)
 
