@@ -356,7 +356,7 @@ def test_no_temp_or_pickle_files(filled_store: FilledStore, library: Path) -> No
 
     names = sorted(path.name for path in library.iterdir())
 
-    assert names == ["cases.jsonl", "index.faiss", "manifest.json", "vectors.npy"]
+    assert names == [".lock", "cases.jsonl", "index.faiss", "manifest.json", "vectors.npy"]
     assert not list(library.rglob("*.pkl"))
     assert not list(library.rglob("*.pickle"))
     assert not list(library.rglob("*.tmp"))
@@ -598,7 +598,7 @@ def test_failed_write_leaves_no_temp_file(
         store.add(make_records(1), make_vectors(1, seed=3))
 
     names = sorted(path.name for path in library.iterdir())
-    assert names == ["cases.jsonl", "index.faiss", "manifest.json", "vectors.npy"]
+    assert names == [".lock", "cases.jsonl", "index.faiss", "manifest.json", "vectors.npy"]
     assert len(store) == 12
     monkeypatch.undo()
     assert len(CaseStore.open(library, EMBEDDER, DIM)) == 12
@@ -949,3 +949,30 @@ def test_update_rewrites_only_cases(filled_store: FilledStore, library: Path) ->
     after = {name: (library / name).stat().st_mtime_ns for name in before}
     assert after == before
     assert CaseStore.open(library, EMBEDDER, DIM).get(ids[1])["successes"] == 2
+
+
+def _add_twenty(directory: str, worker: int) -> None:
+    store = CaseStore.open(directory, "test-embedder", 8)
+    for number in range(20):
+        vector = np.random.default_rng(worker * 100 + number).normal(size=(1, 8)).astype(np.float32)
+        store.add([{"id": f"w{worker}-{number}", "instruction": f"edit {worker} {number}", "tool": "adjust",
+                    "params": {}}], vector)
+
+
+def test_processes_adding_together_lose_nothing(tmp_path):
+    import multiprocessing
+
+    directory = tmp_path / "cases"
+    CaseStore.create(directory, "test-embedder", 8)
+    # Each process opened the library before the others wrote, so every add must first reload their cases.
+    workers = [multiprocessing.get_context("spawn").Process(target=_add_twenty, args=(str(directory), worker))
+               for worker in range(3)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(timeout=120)
+    reopened = CaseStore.open(directory, "test-embedder", 8)
+
+    assert [process.exitcode for process in workers] == [0, 0, 0]
+    assert len(reopened) == 60
+    assert {case["id"] for case in reopened.records} == {f"w{w}-{n}" for w in range(3) for n in range(20)}

@@ -20,6 +20,7 @@ rows. ``.npy`` files are read with ``allow_pickle=False``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -30,13 +31,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks, so processes must not write at the same time there.
+    fcntl = None
 from langchain_core.tools import StructuredTool
 from pydantic import BaseModel, Field
 
@@ -48,6 +54,7 @@ LEGACY_FORMAT_VERSION = 1
 INDEX_FILE = "index.faiss"
 CASES_FILE = "cases.jsonl"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
 VECTORS_FILE = "vectors.npy"
 IMAGE_VECTORS_FILE = "image_vectors.npy"
 
@@ -99,7 +106,8 @@ class CaseStore:
     """Case records with their embeddings, searchable by cosine similarity.
 
     All public methods hold one lock, so threads in one process may add and search concurrently.
-    Separate processes must not write to the same folder at the same time.
+    Processes that share the folder take a file lock (.lock) for every open and write, and a
+    write first reloads the cases that another process committed since this one read them.
     """
 
     directory: Path
@@ -129,6 +137,7 @@ class CaseStore:
         self._image_vectors = image_vectors
         self._positions = {record["id"]: position for position, record in enumerate(records)}
         self._lock = threading.RLock()
+        self._stamp = _manifest_stamp(directory)
 
     # Construction
 
@@ -191,7 +200,11 @@ class CaseStore:
         """
         path = Path(directory)
         _validate_embedder(embedder_id, dim)
+        with _folder_lock(path):
+            return cls._open_unlocked(path, embedder_id, dim)
 
+    @classmethod
+    def _open_unlocked(cls, path: Path, embedder_id: str, dim: int) -> CaseStore:
         manifest = _read_manifest(path)
         if manifest["embedder"] != embedder_id or manifest["dim"] != dim:
             raise EmbedderMismatchError(
@@ -311,7 +324,8 @@ class CaseStore:
 
     def get(self, case_id: str) -> dict | None:
         """Return a copy of the record with this id, or None when there is none."""
-        with self._lock:
+        with self._lock, _folder_lock(self.directory):
+            self._reload_if_changed()
             position = self._positions.get(case_id)
             if position is None:
                 return None
@@ -435,7 +449,8 @@ class CaseStore:
         prepared = [self._prepare_record(record) for record in records]
         matrix = self._prepare_vectors(vectors, len(prepared))
 
-        with self._lock:
+        with self._lock, _folder_lock(self.directory):
+            self._reload_if_changed()
             image_matrix = self._prepare_image_vectors(image_vectors, len(prepared))
             if not prepared:
                 return []
@@ -463,7 +478,8 @@ class CaseStore:
                 "add a new case instead"
             )
 
-        with self._lock:
+        with self._lock, _folder_lock(self.directory):
+            self._reload_if_changed()
             position = self._positions.get(case_id)
             if position is None:
                 raise CaseStoreError(
@@ -510,6 +526,23 @@ class CaseStore:
         except BaseException:
             self._restore(previous, records)
             raise
+
+    def _reload_if_changed(self) -> None:
+        """Load the files again when another process committed a write since this one read them."""
+        if _manifest_stamp(self.directory) == self._stamp:
+            return
+        fresh = type(self)._open_unlocked(self.directory, self.embedder_id, self.dim)
+        logger.info(
+            "case library %s changed on disk (%d cases, now %d); reloaded it before writing",
+            self.directory, len(self._records), len(fresh._records),
+        )
+        self.image_dim = fresh.image_dim
+        self._index = fresh._index
+        self._records = fresh._records
+        self._vectors = fresh._vectors
+        self._image_vectors = fresh._image_vectors
+        self._positions = fresh._positions
+        self._stamp = fresh._stamp
 
     def _restore(self, previous: tuple, records: list[dict]) -> None:
         # The manifest was not written, so open() would load the previous cases. Match that.
@@ -625,6 +658,7 @@ class CaseStore:
 
     def _persist(self) -> None:
         self._write_files([VECTORS_FILE, IMAGE_VECTORS_FILE, CASES_FILE, INDEX_FILE, MANIFEST_FILE])
+        self._stamp = _manifest_stamp(self.directory)
 
     def _write_files(self, names: list[str]) -> None:
         # Callers list the manifest last, because its count commits the rows written before it.
@@ -661,6 +695,29 @@ class CaseStore:
 
 
 # Module helpers
+
+
+@contextlib.contextmanager
+def _folder_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on directory/.lock, so one process at a time opens or writes the library."""
+    if fcntl is None or not directory.is_dir():
+        yield
+        return
+    with open(directory / LOCK_FILE, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _manifest_stamp(directory: Path) -> tuple[int, int, int] | None:
+    """Identify the manifest's current version; a committed write replaces the file, so the stamp changes."""
+    try:
+        status = (directory / MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_mtime_ns, status.st_size
 
 
 def _write_atomically(directory: Path, name: str, write: Callable[[Path], None]) -> None:
