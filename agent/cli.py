@@ -191,7 +191,7 @@ def _run_edit(image: Path, instruction: str, output: Path, **options: Any) -> in
     check_home(options["home"])
     context = resolve_context(options)
 
-    if options["thread"] or options["approve_plan"] or options["from_step"] is not None:
+    if options["thread"] is not None or options["approve_plan"] or options["from_step"] is not None:
         from agent.cli_thread import edit_on_thread
 
         final = edit_on_thread(image, instruction, output, context, options, ProgressPrinter())
@@ -280,6 +280,9 @@ class ProgressPrinter:
         self._end_step_line()
         if kind == "plan":
             _print_plan(event["subtasks"], event["preserve"])
+        elif kind == "resumed":
+            typer.echo(f"Finishing the stopped run of this instruction on thread {event['thread_id']}; the subtasks "
+                       "it finished are kept.")
         elif kind == "attempt":
             batch = f"{event['candidates']} candidates, " if event.get("candidates", 1) > 1 else ""
             typer.echo(f"- {event['subtask']}: attempt {event['number']} ({batch}{_format_params(event['params'])})")

@@ -17,7 +17,11 @@ from agent.cli_common import (
     run_guarded,
 )
 
-APPROVAL_CHOICES = {"a": "accept", "accept": "accept", "e": "edit", "edit": "edit", "c": "cancel", "cancel": "cancel"}
+APPROVAL_CHOICES = {
+    "a": "accept", "accept": "accept", "y": "accept", "yes": "accept",
+    "e": "edit", "edit": "edit",
+    "c": "cancel", "cancel": "cancel", "n": "cancel", "no": "cancel",
+}
 
 
 def edit_on_thread(
@@ -35,8 +39,6 @@ def edit_on_thread(
             output_path=str(output), overwrite=options["overwrite"], from_step=options["from_step"],
             checkpoints=options["checkpoints"], on_event=progress.handle,
         )
-        if run.resumed:
-            typer.echo(f"Finished the stopped run of this instruction on thread {run.thread_id}.")
         while run.interrupt is not None:
             progress.close()
             run = answer_plan(run.thread_id, _ask_approval(), context=context, checkpoints=options["checkpoints"],

@@ -171,7 +171,8 @@ class EditTools:
             thread_state(thread_id, context=self.context, checkpoints=self.checkpoints)
         except ThreadError:
             raise ToolInputError(
-                f"unknown thread_id {thread_id!r}: no such thread on this server; omit thread_id to start a new thread"
+                f"unknown thread_id {thread_id[:80]!r}: no such thread on this server; omit thread_id to start a new "
+                f"thread"
             ) from None
 
     def _thread_lock(self, thread_id: str | None) -> threading.Lock:

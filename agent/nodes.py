@@ -7,6 +7,7 @@ Nodes read and write JSON-native state only: images go through the artifact stor
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any
     turn = state.get("turn", 0) + 1
     plan = _plan(state["instruction"], context)
     update: dict[str, Any] = {
-        "turn": turn, "subtask_index": 0, "cancelled": False, "approval": "", "next_params": {},
+        "turn": turn, "subtask_index": 0, "cancelled": False, "approval": "", "next_params": {}, "written_path": "",
     }
 
     if _continues_thread(state):
@@ -94,10 +95,23 @@ def decompose_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any
         update.update(source=source, source_path=source_path, current=source, turn_input=source, lineage=[source],
                       steps=[step])
 
+    if state.get("output_path"):
+        # Checked before any edit, so a bad path costs no editing time.
+        check_output_path(state["output_path"], update.get("source_path") or state["source_path"])
     memory = Memory(**{**memory, "preserved": preserve})
     _emit({"event": "plan", "subtasks": plan.subtasks, "preserve": preserve, "turn": turn})
     update.update(plan=plan.subtasks, preserve=preserve, memory=memory)
     return update
+
+
+def check_output_path(output_path: str, source_path: str) -> None:
+    """Reject an output path that is the photo being edited, also through "..", a symlink or a hard link."""
+    target = Path(output_path).expanduser()
+    same = os.path.realpath(target) == os.path.realpath(source_path)
+    if not same and target.exists():
+        same = os.path.samefile(target, source_path)
+    if same:
+        raise ValueError(f"invalid output_path {output_path}: it is the input image {source_path}; choose another path")
 
 
 def _continues_thread(state: EditState) -> bool:
@@ -123,14 +137,18 @@ def approve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
     """
     context = context_of(runtime)
     if not context.approve_plan:
-        return {}
-    answer = interrupt({
+        return {"approval": "accepted"}
+    payload = {
         "question": "Accept this plan? Answer accept, cancel, or {\"action\": \"edit\", \"instruction\": ...}.",
         "instruction": state["instruction"],
         "plan": [_public_subtask(subtask) for subtask in state["plan"]],
         "preserve": state["preserve"],
-    })
-    action, instruction = _read_answer(answer)
+    }
+    if state.get("approval", "").startswith("unreadable"):
+        payload["error"] = state["approval"]
+    action, instruction = _read_answer(interrupt(payload))
+    if action == "unreadable":
+        return {"approval": instruction}
     if action == "cancel":
         _emit({"event": "cancelled"})
         return {"cancelled": True}
@@ -144,21 +162,22 @@ def approve_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 
 def _read_answer(answer: Any) -> tuple[str, str]:
-    """Return (action, instruction) from an approval answer; anything unreadable counts as cancel."""
+    """Return (action, instruction) from an approval answer; for an unreadable one, ("unreadable", the reason)."""
     if isinstance(answer, bool):
         return ("accept" if answer else "cancel"), ""
-    if isinstance(answer, str):
-        action = answer.strip().lower()
-        return (action if action in ("accept", "cancel") else "cancel"), ""
-    if isinstance(answer, dict):
-        action = str(answer.get("action", "")).strip().lower()
-        instruction = answer.get("instruction")
-        if action == "edit" and isinstance(instruction, str) and instruction.strip():
-            return "edit", instruction
-        if action in ("accept", "cancel"):
-            return action, ""
-    logger.warning("unreadable plan approval %r; the plan is cancelled", answer)
-    return "cancel", ""
+    action = answer.get("action", "") if isinstance(answer, dict) else answer
+    action = action.strip().lower() if isinstance(action, str) else ""
+    if action in ("accept", "cancel"):
+        return action, ""
+    instruction = answer.get("instruction") if isinstance(answer, dict) else None
+    if action == "edit" and isinstance(instruction, str) and instruction.strip():
+        return "edit", instruction
+    shown = repr(answer)[:80]
+    logger.warning("unreadable plan approval %s; asking again", shown)
+    return "unreadable", (
+        f"unreadable answer {shown}: answer accept, cancel, or {{\"action\": \"edit\", \"instruction\": \"...\"}} "
+        "with a non-empty instruction"
+    )
 
 
 def _public_subtask(subtask: Subtask) -> dict[str, Any]:
@@ -468,8 +487,10 @@ def finish_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
 
     output_path = state.get("output_path")
     if output_path:
+        check_output_path(output_path, state["source_path"])
         written = write_image_atomic(store.get(output), output_path, overwrite=bool(state.get("overwrite")))
-        update["written_path"] = str(written)
+        # A later turn that names no output file must not write this one again.
+        update.update(written_path=str(written), output_path="")
         _emit({"event": "written", "path": str(written), "width": output["width"], "height": output["height"]})
 
     if context.learn:

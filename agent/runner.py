@@ -8,16 +8,23 @@ run that was killed finishes when it is run again, and any earlier image can be 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.context import Context
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks, so two processes on one thread are not detected there.
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +57,10 @@ def checkpoints_path(context: Context, path: str | Path | None = None) -> Path:
 
 
 def thread_graph(path: Path) -> Any:
-    """Return the edit graph compiled with a SQLite checkpointer on `path`, one per file and process."""
+    """Return the edit graph compiled with a SQLite checkpointer on `path`, one per file and process.
+
+    Raises ThreadError when path is a folder or not a SQLite file.
+    """
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     from graphs.edit import builder
@@ -59,14 +69,67 @@ def thread_graph(path: Path) -> Any:
     with _graphs_lock:
         graph = _graphs.get(key)
         if graph is None:
+            if path.is_dir():
+                raise ThreadError(f"invalid threads file {path}: it is a folder; pass a SQLite file name")
             path.parent.mkdir(parents=True, exist_ok=True)
             # One connection serves every thread of this process; SqliteSaver serialises its use with a lock.
             connection = sqlite3.connect(key, check_same_thread=False)
-            saver = SqliteSaver(connection)
-            saver.setup()
-            graph = builder.compile(checkpointer=saver, name="ragedit")
+            try:
+                SqliteSaver(connection).setup()
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                raise _damaged(path, error) from None
+            graph = builder.compile(checkpointer=SqliteSaver(connection), name="ragedit")
             _graphs[key] = graph
     return graph
+
+
+def _damaged(path: Path, error: Exception) -> ThreadError:
+    return ThreadError(f"cannot use the threads file {path}: {error}; move it away to start a new one, or pass "
+                       f"--checkpoints with another file")
+
+
+def _existing_graph(context: Context, checkpoints: str | Path | None, thread_id: str) -> Any:
+    """Return the thread graph for a command that only reads or rewinds, without creating the threads file."""
+    path = checkpoints_path(context, checkpoints)
+    if not path.exists():
+        raise ThreadError(f"thread {thread_id} does not exist: there is no threads file {path} yet")
+    return thread_graph(path)
+
+
+MAX_THREAD_ID_CHARS = 200
+
+
+def check_thread_id(thread_id: str) -> str:
+    """Return a valid thread id; raises ThreadError for an empty, blank or overlong one."""
+    if not thread_id.strip():
+        raise ThreadError(f"invalid thread id {thread_id!r}: it is empty; give a name such as cat-edits")
+    if len(thread_id) > MAX_THREAD_ID_CHARS:
+        raise ThreadError(f"invalid thread id {thread_id[:40]!r}...: {len(thread_id)} characters is over the limit of "
+                          f"{MAX_THREAD_ID_CHARS}")
+    return thread_id
+
+
+@contextlib.contextmanager
+def _thread_in_use(path: Path, thread_id: str) -> Iterator[None]:
+    """Hold a file lock for the thread, so a second process cannot run on it at the same time."""
+    if fcntl is None:
+        yield
+        return
+    folder = path.with_name(path.name + ".locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(thread_id.encode("utf-8")).hexdigest()[:32]
+    with open(folder / name, "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ThreadError(
+                f"thread {thread_id} is in use by another edit; wait for it to finish, or use another thread"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def run_edit(
@@ -91,8 +154,24 @@ def run_edit(
         ThreadError: the thread does not exist and no image was given, the image is not the thread's photo, or
             from_step is not a step of the thread.
     """
-    graph = thread_graph(checkpoints_path(context, checkpoints))
-    thread_id = thread_id or uuid.uuid4().hex
+    path = checkpoints_path(context, checkpoints)
+    graph = thread_graph(path)
+    thread_id = uuid.uuid4().hex if thread_id is None else check_thread_id(thread_id)
+    with _thread_in_use(path, thread_id), _sqlite_errors(path):
+        return _run(graph, instruction, context, thread_id, image_path, output_path, overwrite, from_step, on_event)
+
+
+def _run(
+    graph: Any,
+    instruction: str,
+    context: Context,
+    thread_id: str,
+    image_path: str | None,
+    output_path: str | None,
+    overwrite: bool,
+    from_step: int | None,
+    on_event: Callable[[dict[str, Any]], None] | None,
+) -> EditRun:
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
     snapshot = graph.get_state(config)
     values = snapshot.values or {}
@@ -109,8 +188,18 @@ def run_edit(
         config = step_config(graph, thread_id, from_step)
     elif snapshot.next and not snapshot.interrupts and values.get("instruction") == instruction:
         logger.info("finishing the stopped run of %r on thread %s", instruction, thread_id)
+        if on_event is not None:
+            on_event({"event": "resumed", "thread_id": thread_id, "next": list(snapshot.next)})
         state_input, resumed = None, True
     return _stream(graph, state_input, config, context, thread_id, on_event, resumed)
+
+
+@contextlib.contextmanager
+def _sqlite_errors(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        raise _damaged(path, error) from None
 
 
 def answer_plan(
@@ -124,11 +213,13 @@ def answer_plan(
     """Resume a run that stopped at plan approval with the answer: "accept", "cancel" or {"action": "edit", ...}."""
     from langgraph.types import Command
 
-    graph = thread_graph(checkpoints_path(context, checkpoints))
+    path = checkpoints_path(context, checkpoints)
+    graph = _existing_graph(context, checkpoints, thread_id)
     config = {"configurable": {"thread_id": thread_id}}
-    if not graph.get_state(config).interrupts:
-        raise ThreadError(f"thread {thread_id} has no plan awaiting approval; start an edit with approve_plan set")
-    return _stream(graph, Command(resume=answer), config, context, thread_id, on_event, False)
+    with _thread_in_use(path, thread_id), _sqlite_errors(path):
+        if not graph.get_state(config).interrupts:
+            raise ThreadError(f"thread {thread_id} has no plan awaiting approval; start an edit with approve_plan set")
+        return _stream(graph, Command(resume=answer), config, context, thread_id, on_event, False)
 
 
 def _stream(
@@ -166,8 +257,9 @@ def _check_image(thread_id: str, values: dict[str, Any], image_path: str | None)
 
 def thread_state(thread_id: str, *, context: Context, checkpoints: str | Path | None = None) -> dict[str, Any]:
     """Return the thread's current state; raises ThreadError for a thread that does not exist."""
-    graph = thread_graph(checkpoints_path(context, checkpoints))
-    values = graph.get_state({"configurable": {"thread_id": thread_id}}).values
+    graph = _existing_graph(context, checkpoints, check_thread_id(thread_id))
+    with _sqlite_errors(checkpoints_path(context, checkpoints)):
+        values = graph.get_state({"configurable": {"thread_id": thread_id}}).values
     if not values:
         raise ThreadError(f"thread {thread_id} does not exist in {checkpoints_path(context, checkpoints)}")
     return dict(values)
@@ -186,6 +278,8 @@ def step_config(graph: Any, thread_id: str, step: int) -> dict[str, Any]:
     """
     config = {"configurable": {"thread_id": thread_id}}
     steps = graph.get_state(config).values.get("steps", [])
+    if not steps:
+        raise ThreadError(f"thread {thread_id} does not exist; start it with an image before branching from a step")
     if not 0 <= step < len(steps):
         raise ThreadError(
             f"invalid step {step} for thread {thread_id}: it has steps 0 to {len(steps) - 1}; see ragedit history"
@@ -199,12 +293,14 @@ def step_config(graph: Any, thread_id: str, step: int) -> dict[str, Any]:
 
 def undo(thread_id: str, *, context: Context, checkpoints: str | Path | None = None) -> dict[str, Any]:
     """Go back to the image before the thread's last step and return that step."""
-    graph = thread_graph(checkpoints_path(context, checkpoints))
     steps = history(thread_id, context=context, checkpoints=checkpoints)
     if len(steps) < 2:
         raise ThreadError(f"thread {thread_id} has nothing to undo: it is at its input photo")
+    path = checkpoints_path(context, checkpoints)
+    graph = thread_graph(path)
     target = steps[-2]
-    config = step_config(graph, thread_id, target["step"])
-    # A checkpoint made from the older one becomes the thread's newest, so the next turn starts from its image.
-    graph.update_state(config, {"current": target["image"], "output": target["image"]}, as_node="finish")
+    with _thread_in_use(path, thread_id), _sqlite_errors(path):
+        config = step_config(graph, thread_id, target["step"])
+        # A checkpoint made from the older one becomes the thread's newest, so the next turn starts from its image.
+        graph.update_state(config, {"current": target["image"], "output": target["image"]}, as_node="finish")
     return target

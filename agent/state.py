@@ -178,7 +178,8 @@ class EditState(TypedDict, total=False):
     cancelled: bool
     """True when the user cancelled the plan at the approval step; nothing was edited or written."""
     approval: str
-    """The answer to the plan approval: "accepted", or "edited" when a new plan awaits approval; "" before."""
+    """The plan approval: "accepted"; "edited" when a new plan awaits approval; "unreadable ..." with the reason
+    when the last answer could not be read, so the question is asked again; "" before the approval step."""
     memory: Memory
     output: ImageRef
     written_path: str

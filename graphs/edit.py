@@ -24,10 +24,10 @@ from agent.state import EditState, InputState, OutputState
 
 
 def route_approval(state: EditState) -> Literal["next_subtask", "approve", "__end__"]:
-    """Edit after an accepted plan, ask again about an edited plan, and stop after a cancelled one."""
+    """Edit after an accepted plan, ask again after an edited plan or an unreadable answer, stop after a cancel."""
     if state.get("cancelled"):
         return END
-    if state.get("approval") == "edited":
+    if state.get("approval", "accepted") != "accepted":
         return "approve"
     return "next_subtask"
 

@@ -151,7 +151,7 @@ def test_killed_process_resumes(tiny_ip2p_dir, tiny_clip_dir, tmp_path):
 
     assert process.returncode == -signal.SIGKILL
     assert rerun.returncode in (0, 3), rerun.stderr
-    assert "Finished the stopped run" in rerun.stdout
+    assert "Finishing the stopped run" in rerun.stdout
     assert "make it black and white: attempt" not in rerun.stdout
     assert clean.returncode in (0, 3), clean.stderr
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(Image.open(tmp_path / "c.png")))
@@ -228,6 +228,8 @@ def test_cli_approve_plan_from_input(tmp_path):
         (["history", "--thread", "nope"], "thread nope does not exist"),
         (["undo", "--thread", "nope"], "thread nope does not exist"),
         (["edit", CAT, "make it warmer", "-o", "{tmp}/o.png", "--from", "1"], "--from needs --thread"),
+        (["edit", CAT, "make it warmer", "-o", "{tmp}/o.png", "--thread", ""], "invalid thread id ''"),
+        (["edit", CAT, "make it warmer", "-o", "{tmp}/o.png", "--thread", "new", "--from", "0"], "does not exist"),
     ],
 )
 def test_cli_thread_errors_one_line(tmp_path, args, message):
@@ -293,3 +295,72 @@ def test_agent_loop_calls_tool_twice(context):
 
     assert [message.artifact["turn"] for message in tool_messages] == [1, 2]
     assert messages[-1].content == "Done."
+
+
+# --- misuse ------------------------------------------------------------------------------------------------------------
+
+
+def test_output_equal_to_input_rejected(context, tmp_path):
+    photo = tmp_path / "cat.png"
+    photo.write_bytes(Path(CAT).read_bytes())
+    before = photo.read_bytes()
+
+    with pytest.raises(ValueError, match="it is the input image"):
+        run_edit("make it brighter", context=context, image_path=str(photo), thread_id="t",
+                 output_path=str(tmp_path / "sub" / ".." / "cat.png"), overwrite=True)
+    assert photo.read_bytes() == before
+
+
+def test_later_turn_writes_no_old_output(context, tmp_path):
+    first = run_edit("make it black and white", context=context, image_path=CAT, thread_id="t",
+                     output_path=str(tmp_path / "a.png"))
+    written = (tmp_path / "a.png").read_bytes()
+    second = run_edit("add a vignette", context=context, thread_id="t")
+
+    assert first.final["written_path"] == str(tmp_path / "a.png")
+    assert second.final["written_path"] == ""
+    assert (tmp_path / "a.png").read_bytes() == written
+
+
+def test_unreadable_approval_asks_again(context):
+    context.approve_plan = True
+    run_edit("make it brighter", context=context, image_path=CAT, thread_id="t")
+    again = answer_plan("t", "bogus", context=context)
+
+    assert again.interrupt is not None
+    assert again.interrupt["error"].startswith("unreadable answer 'bogus'")
+    assert not again.final.get("cancelled")
+    assert answer_plan("t", "accept", context=context).final["results"][0]["status"] == "accepted"
+
+
+@pytest.mark.parametrize("thread_id", ["", "   ", "x" * 201])
+def test_invalid_thread_id_rejected(context, thread_id):
+    with pytest.raises(ThreadError, match="invalid thread id"):
+        run_edit("make it brighter", context=context, image_path=CAT, thread_id=thread_id)
+
+
+def test_damaged_threads_file_named(context, tmp_path):
+    damaged = tmp_path / "threads.sqlite"
+    damaged.write_bytes(b"this is not a database" * 100)
+
+    with pytest.raises(ThreadError, match=f"cannot use the threads file {damaged}"):
+        run_edit("make it brighter", context=context, image_path=CAT, checkpoints=damaged)
+
+
+def test_thread_in_use_rejected(context, tmp_path):
+    import fcntl
+    import hashlib
+
+    run_edit("make it brighter", context=context, image_path=CAT, thread_id="busy")
+    lock = tmp_path / "home" / "threads.sqlite.locks" / hashlib.sha256(b"busy").hexdigest()[:32]
+    with open(lock, "a+b") as handle:
+        # Another process holding the thread's lock looks the same: a second open file description.
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(ThreadError, match="thread busy is in use by another edit"):
+            run_edit("make it warmer", context=context, thread_id="busy")
+
+
+def test_history_creates_no_threads_file(context, tmp_path):
+    with pytest.raises(ThreadError, match="there is no threads file"):
+        history("missing", context=context)
+    assert not (tmp_path / "home" / "threads.sqlite").exists()
