@@ -128,7 +128,8 @@ def clean_instruction(instruction: str) -> str:
     text = ANSI_ESCAPE.sub(" ", text)
     text = "".join(" " if unicodedata.category(char).startswith("C") else char for char in text)
     text = re.sub(r"\s+", " ", text).strip()
-    if not re.search(r"\w", text):
+    # Letters, digits or symbols such as emoji ("☀️🌈") carry meaning; punctuation and spaces alone do not.
+    if not re.search(r"\w", text) and not any(unicodedata.category(char).startswith("S") for char in text):
         raise InstructionError("invalid instruction: it is empty; describe the edit, for example \"make it brighter\"")
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise InstructionError(
