@@ -63,7 +63,10 @@ def plan(
         None, "--eval", help="Score the decomposer on a JSON Lines file of labelled instructions instead."
     ),
     llm: Optional[str] = LLMOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log the chat model's failures in detail."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log the chat model's failures in detail, and the traceback of an internal error.",
+    ),
 ) -> None:
     """Decompose an instruction into subtasks and things to preserve, without editing."""
     configure_logging(verbose)
@@ -163,7 +166,10 @@ def edit(
         False, "--approve-plan", help="Show the plan and ask to accept, edit or cancel it before editing."
     ),
     checkpoints: Optional[Path] = CheckpointsOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log model loads, retries and timings to stderr, and the traceback of an internal error.",
+    ),
 ) -> None:
     """Edit IMAGE following INSTRUCTION and write the result to OUTPUT."""
     configure_logging(verbose)
@@ -280,6 +286,8 @@ class ProgressPrinter:
         self._end_step_line()
         if kind == "plan":
             _print_plan(event["subtasks"], event["preserve"])
+        elif kind == "note":
+            typer.echo(f"    note: {event['message']}")
         elif kind == "resumed":
             typer.echo(f"Finishing the stopped run of this instruction on thread {event['thread_id']}; the subtasks "
                        "it finished are kept.")

@@ -184,7 +184,7 @@ def report_internal_error(error: Exception, verbose: bool) -> None:
         raise typer.Exit(EXIT_INTERNAL)
     if verbose:
         logging.getLogger(__name__).exception("edit failed")
-    fail(f"internal error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)", EXIT_INTERNAL)
+    fail(f"internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", EXIT_INTERNAL)
 
 
 def resolve_context(options: dict[str, Any]) -> Any:

@@ -69,7 +69,10 @@ def evaluate_command(
                                show_default="the fastest available"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in an existing --out folder."),
     home: Optional[Path] = HomeOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log model loads, retries and timings to stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log model loads, retries and timings to stderr, and the traceback of an internal error.",
+    ),
 ) -> None:
     """Run the agent on a MagicBrush-format dataset and score it with MagicBrush's metrics."""
     configure_logging(verbose)

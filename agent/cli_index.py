@@ -40,7 +40,10 @@ IndexClipOption = typer.Option(
     None, "--clip-model", help="open_clip model name or local folder for the full profile's embeddings.",
     show_default="ViT-B-32 with laion2b_s34b_b79k weights",
 )
-IndexVerboseOption = typer.Option(False, "--verbose", "-v", help="Log model loads and library writes to stderr.")
+IndexVerboseOption = typer.Option(
+    False, "--verbose", "-v", "--debug",
+    help="Log model loads and library writes to stderr, and the traceback of an internal error.",
+)
 
 
 @index_app.command("build")

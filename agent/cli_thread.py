@@ -74,7 +74,10 @@ def history_command(
     as_json: bool = typer.Option(False, "--json", help="Print the steps as JSON."),
     home: Optional[Path] = HomeOption,
     checkpoints: Optional[Path] = CheckpointsOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log details to stderr, and the traceback of an internal error.",
+    ),
 ) -> None:
     """List the steps of a thread: the input photo and each image a subtask made, with their files."""
     configure_logging(verbose)
@@ -110,7 +113,10 @@ def undo_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     home: Optional[Path] = HomeOption,
     checkpoints: Optional[Path] = CheckpointsOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details to stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log details to stderr, and the traceback of an internal error.",
+    ),
 ) -> None:
     """Go back to the image before the thread's last step; the next edit on the thread starts from it."""
     configure_logging(verbose)

@@ -26,7 +26,7 @@ NEAR_DUPLICATE_SCORE = 0.98
 # Failed parameter sets kept on a case; older ones are dropped, their count stays in "failure_count".
 MAX_FAILURES_KEPT = 10
 # Parameters that describe one attempt rather than the edit, so they are not learned.
-UNLEARNED_PARAMS = ("seed", "prompt", "sources", "retry")
+UNLEARNED_PARAMS = ("seed", "prompt", "prompt_shortened_from", "sources", "retry")
 
 
 def success_rate(record: dict[str, Any]) -> float:

@@ -369,7 +369,10 @@ def mcp_command(
     profile: Optional[ProfileName] = ProfileOption,
     home: Optional[Path] = HomeOption,
     checkpoints: Optional[Path] = CheckpointsOption,
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log tool calls, model loads and retries to stderr."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", "--debug",
+        help="Log tool calls, model loads and retries to stderr, and the traceback of an internal error.",
+    ),
 ) -> None:
     """Serve edit_image, plan_edit and search_cases to chat assistants over MCP: stdio, or HTTP with --http."""
     # stdout is the protocol channel in stdio mode, so everything else goes to stderr.

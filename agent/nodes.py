@@ -24,7 +24,14 @@ from agent.retrieval import first_params, to_retrieved
 from agent.state import Attempt, EditState, Memory, RetrievedCase, Step, Subtask, SubtaskResult
 from tools.adjust import AdjustError, adjust
 from tools.image_io import ImageRef, load_image, write_image_atomic
-from tools.instruct_pix2pix import DEFAULT_MODEL_ID, EditorUnavailableError, edit_image
+from tools.instruct_pix2pix import (
+    DEFAULT_MODEL_ID,
+    EditorInputError,
+    EditorOutOfMemoryError,
+    EditorUnavailableError,
+    edit_image,
+    prompt_for_editor,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -253,21 +260,36 @@ def edit_node(state: EditState, runtime: Runtime[Context]) -> dict[str, Any]:
            "params": _public(params)})
 
     try:
-        outputs = _run_tool(subtask, params, image, context)
+        prompt = _fitted_prompt(subtask, params, context)
+        outputs = _run_tool(subtask, {**params, "prompt": prompt} if prompt else params, image, context)
     except EditorUnavailableError as error:
         return {"pending_attempt": _no_image(str(error), "skipped")}
-    except AdjustError as error:
-        # An amount outside the operation's range ("make it 900% brighter") fails this subtask, not the run.
+    except (AdjustError, EditorInputError, EditorOutOfMemoryError) as error:
+        # An amount outside the operation's range ("make it 900% brighter"), an image too small for the editor or
+        # a device out of memory fails this subtask, not the run.
         return {"pending_attempt": _no_image(str(error), "failed")}
     seed = int(params.get("seed", 0))
-    return {
-        "pending_attempt": {
-            "images": [store.put(output) for output in outputs],
-            "seeds": [seed + index for index in range(len(outputs))],
-            "error": "",
-            "status": "",
-        }
+    pending: dict[str, Any] = {
+        "images": [store.put(output) for output in outputs],
+        "seeds": [seed + index for index in range(len(outputs))],
+        "error": "",
+        "status": "",
     }
+    if prompt and prompt != params.get("prompt"):
+        pending["prompt"] = prompt
+    return {"pending_attempt": pending}
+
+
+def _fitted_prompt(subtask: Subtask, params: dict[str, Any], context: Context) -> str:
+    """Return the InstructPix2Pix prompt shortened to the text encoder's limit, or "" for an adjust subtask."""
+    if subtask["tool"] != "instruct_pix2pix":
+        return ""
+    prompt = prompt_for_editor(params["prompt"], model=context.editor_model, device=context.device or None)
+    if prompt != params["prompt"]:
+        logger.warning("shortened the prompt %r to %r to fit the text encoder's 77 tokens", params["prompt"], prompt)
+        _emit({"event": "note", "subtask": subtask["text"],
+               "message": f"prompt shortened to fit the text encoder's 77 tokens: {prompt!r}"})
+    return prompt
 
 
 def _no_image(error: str, status: str) -> dict[str, Any]:
@@ -362,6 +384,9 @@ def _candidate_attempt(
             reason = f"passed, but candidate {chosen + 1} scored higher ({best.quality:.3f} vs {judgement.quality:.3f})"
         verdict = "outscored"
     candidate_params = {**params, "seed": pending["seeds"][index]} if "seed" in params else dict(params)
+    if pending.get("prompt"):
+        # The report shows what the editor was given and what it was shortened from.
+        candidate_params.update(prompt=pending["prompt"], prompt_shortened_from=params["prompt"])
     return _attempt(
         turn, subtask, number, index + 1, candidate_params, pending["images"][index], judgement.scores, verdict, reason,
         judgement.valid, judgement.quality,

@@ -237,3 +237,29 @@ def test_without_decomposition_one_editor_call(full_context, pipeline_calls):
     assert pipeline_calls == [1]
     assert [subtask["text"] for subtask in final["plan"]] == ["add a rainbow and make it 30% brighter"]
     assert final["results"][0]["retrieved"] == []
+
+
+def test_tiny_image_fails_generative_keeps_adjust(full_context, tmp_path):
+    photo = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (120, 60, 30)).save(photo)
+    final = _run(photo, "add a rainbow and make it 30% brighter", full_context())
+    results = final["results"]
+
+    assert [result["status"] for result in results] == ["failed", "accepted"]
+    assert "too small for InstructPix2Pix" in results[0]["reason"]
+    assert final["output"]["width"] == 1
+
+
+def test_long_prompt_shortened_and_reported(full_context):
+    from agent.report import build_report
+
+    instruction = "replace the cat with a tiger " + " ".join(["that has very long orange and black stripes"] * 10)
+    context = full_context(max_attempts=1)
+    final = _run(DATA / "cat.png", instruction, context)
+    params = final["attempts"][0]["params"]
+    report = build_report(instruction, context, final)
+
+    assert params["prompt_shortened_from"].startswith("replace the cat with a tiger")
+    assert len(params["prompt"]) < len(params["prompt_shortened_from"])
+    assert params["prompt"].startswith("replace the cat with a tiger")
+    assert report["subtasks"][0]["attempts"][0]["params"]["prompt_shortened_from"] == params["prompt_shortened_from"]

@@ -216,3 +216,85 @@ def test_tool_writes_edited_image(model: str, tmp_path: Path) -> None:
     assert (result["width"], result["height"]) == (96, 64)
     with Image.open(output_path) as written:
         assert written.size == (96, 64)
+
+
+# --- awkward inputs: tiny images, long prompts, out of memory ----------------------------------------------------------
+
+
+def test_too_small_image_rejected_with_minimum(model: str) -> None:
+    from tools.instruct_pix2pix import MIN_INPUT_SIDE, EditorInputError
+
+    with pytest.raises(EditorInputError, match=f"image 20x300 is too small .* at least {MIN_INPUT_SIDE} pixels"):
+        edit_image(make_photo(20, 300), "make it snowy", model=model, device="cpu", steps=1)
+
+
+def test_extreme_aspect_keeps_size(model: str) -> None:
+    edited = edit_image(make_photo(400, 40), "make it snowy", model=model, device="cpu", steps=1, max_side=64)
+
+    assert edited[0].size == (400, 40)
+
+
+def test_long_prompt_shortened_to_whole_words() -> None:
+    from tests.tiny_models import build_clip_tokenizer
+    from tools.instruct_pix2pix import fit_prompt
+
+    tokenizer = build_clip_tokenizer()
+    core = "replace the old wooden fishing boat with a bright red sailing yacht"
+    prompt = f"{core} (put a sailboat on the lake) " + " ".join(["and keep the tall pine trees"] * 12)
+    shortened = fit_prompt(prompt, tokenizer)
+
+    assert len(tokenizer(shortened)["input_ids"]) <= 77
+    assert shortened.startswith(core)
+    assert "(" not in shortened
+    assert prompt.replace("(put a sailboat on the lake) ", "").startswith(shortened)
+    assert fit_prompt(core, tokenizer) == core
+
+
+def test_out_of_memory_retries_smaller(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.instruct_pix2pix as ip2p
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    sizes = []
+    original = StableDiffusionInstructPix2PixPipeline.__call__
+
+    def fail_when_large(self, *args, **kwargs):
+        width = kwargs["image"][0].width
+        sizes.append(width)
+        if width > 48:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionInstructPix2PixPipeline, "__call__", fail_when_large)
+    monkeypatch.setattr(ip2p, "MIN_RETRY_SIDE", 16)
+    edited = edit_image(make_photo(96, 64), "make it snowy", model=model, device="cpu", steps=1, max_side=64)
+
+    assert sizes == [64, 48]
+    assert edited[0].size == (96, 64)
+
+
+def test_out_of_memory_everywhere_names_sizes(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.instruct_pix2pix as ip2p
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    def always_fail(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(StableDiffusionInstructPix2PixPipeline, "__call__", always_fail)
+    monkeypatch.setattr(ip2p, "MIN_RETRY_SIDE", 40)
+    with pytest.raises(ip2p.EditorOutOfMemoryError, match=r"at 64x44, then 48x32 with 1 image"):
+        edit_image(make_photo(96, 64), "make it snowy", model=model, device="cpu", steps=1, max_side=64)
+
+
+def test_other_pipeline_errors_not_retried(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    calls = []
+
+    def broken(self, *args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(StableDiffusionInstructPix2PixPipeline, "__call__", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        edit_image(make_photo(96, 64), "make it snowy", model=model, device="cpu", steps=1, max_side=64)
+    assert calls == [1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -35,6 +36,23 @@ _TRUE_VALUES = ("1", "true", "yes", "on")
 
 class EditorUnavailableError(RuntimeError):
     """Error raised when the InstructPix2Pix weights cannot be loaded. The message names the model and the fix."""
+
+
+class EditorInputError(ValueError):
+    """Error raised for an image the editor cannot work on, such as one smaller than MIN_INPUT_SIDE."""
+
+
+class EditorOutOfMemoryError(RuntimeError):
+    """Error raised when the device ran out of memory at every working size tried. The message names the sizes."""
+
+
+# Shortest side the generative editor accepts. Smaller images would be scaled up from a few pixels to the model's
+# minimum of 64, so the edit could not keep anything of them.
+MIN_INPUT_SIDE = 32
+# After running out of memory, the editor retries with the longest working side scaled by this factor, down to
+# MIN_RETRY_SIDE.
+OOM_SHRINK = 0.75
+MIN_RETRY_SIDE = 256
 
 
 @dataclass
@@ -139,24 +157,70 @@ def edit_image(
         device: torch device; None picks cuda, then mps, then cpu.
         dtype: torch dtype or its name; None picks float16 on cuda and mps, float32 on cpu.
         step_callback: called as step_callback(step, total) after each denoising step, with step counting from 1.
-    """
-    import torch
 
+    Raises:
+        EditorInputError: a side of the image is shorter than MIN_INPUT_SIDE.
+        EditorOutOfMemoryError: the device ran out of memory at every working size down to MIN_RETRY_SIDE.
+        EditorUnavailableError: the weights cannot be loaded.
+    """
     _check_edit_arguments(image, prompt, seed, steps, guidance_scale, image_guidance_scale, num_images,
                           negative_prompt, max_side)
     entry = _load_entry(model, device=device, dtype=dtype)
     pipeline = entry.pipeline
 
     source = _to_rgb(image)
-    work_width, work_height = working_size(*source.size, max_side=max_side, multiple=_size_multiple(pipeline))
-    work_image = source.resize((work_width, work_height), Image.Resampling.LANCZOS)
+    if min(source.size) < MIN_INPUT_SIDE:
+        raise EditorInputError(
+            f"image {source.width}x{source.height} is too small for InstructPix2Pix: both sides must be at least "
+            f"{MIN_INPUT_SIDE} pixels; adjust edits (brightness, contrast, colour, rotation) still work on it"
+        )
+
+    tried: list[str] = []
+    side = max_side
+    while True:
+        work_size = working_size(*source.size, max_side=side, multiple=_size_multiple(pipeline))
+        try:
+            images = _run_pipeline(entry, source.resize(work_size, Image.Resampling.LANCZOS), prompt, seed, steps,
+                                   guidance_scale, image_guidance_scale, num_images, negative_prompt, step_callback)
+            break
+        except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried, the rest re-raised
+            if not _is_out_of_memory(error):
+                raise
+            tried.append(f"{work_size[0]}x{work_size[1]}")
+            _free_device_memory()
+            side = int(side * OOM_SHRINK)
+            if side < MIN_RETRY_SIDE:
+                raise EditorOutOfMemoryError(
+                    f"out of memory running InstructPix2Pix at {', then '.join(tried)} with {num_images} image(s); "
+                    f"lower --max-side or --candidates, or use another device"
+                ) from None
+            logger.warning("out of memory at %s; retrying at a longest side of %d pixels", tried[-1], side)
+
+    logger.info("InstructPix2Pix edited %dx%d at %dx%d with %d steps, %d image(s)",
+                source.width, source.height, *work_size, steps, num_images)
+    return [output.resize(source.size, Image.Resampling.LANCZOS) for output in images]
+
+
+def _run_pipeline(
+    entry: _LoadedPipeline,
+    work_image: Image.Image,
+    prompt: str,
+    seed: int,
+    steps: int,
+    guidance_scale: float,
+    image_guidance_scale: float,
+    num_images: int,
+    negative_prompt: str | None,
+    step_callback: Callable[[int, int], None] | None,
+) -> list[Image.Image]:
+    import torch
 
     # diffusers 0.42 deprecates repeating one input image for num_images_per_prompt, so the batch lists the prompt
     # and the image once per output. It is still one pipeline call, and each output gets its own noise.
     negative_prompts = None if negative_prompt is None else [negative_prompt] * num_images
     with entry.lock:
         started = time.perf_counter()
-        result = pipeline(
+        result = entry.pipeline(
             prompt=[prompt] * num_images,
             image=[work_image] * num_images,
             num_inference_steps=steps,
@@ -168,11 +232,52 @@ def edit_image(
             callback_on_step_end=_make_step_end_callback(step_callback, steps),
             output_type="pil",
         )
-        elapsed = time.perf_counter() - started
-    logger.info("InstructPix2Pix edited %dx%d at %dx%d with %d steps, %d image(s) in %.1f s",
-                source.width, source.height, work_width, work_height, steps, num_images, elapsed)
+        logger.info("pipeline call at %dx%d took %.1f s", *work_image.size, time.perf_counter() - started)
+    return list(result.images)
 
-    return [output.resize(source.size, Image.Resampling.LANCZOS) for output in result.images]
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    out_of_memory = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(error, out_of_memory) or (isinstance(error, RuntimeError) and "out of memory" in str(error))
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def fit_prompt(prompt: str, tokenizer: Any) -> str:
+    """Shorten a prompt to the text encoder's token limit on purpose, keeping its start and whole words.
+
+    A rephrasing in parentheses goes first, then words from the end, so the subtask's core stays. The prompt is
+    returned unchanged when it fits.
+    """
+    limit = int(getattr(tokenizer, "model_max_length", 77))
+    if _token_count(prompt, tokenizer) <= limit:
+        return prompt
+    shortened = re.sub(r"\s*\([^()]*\)", "", prompt).strip() or prompt
+    words = shortened.split()
+    while len(words) > 1 and _token_count(" ".join(words), tokenizer) > limit:
+        words.pop()
+    return " ".join(words).rstrip(",;:")
+
+
+def _token_count(text: str, tokenizer: Any) -> int:
+    return len(tokenizer(text, truncation=False)["input_ids"])
+
+
+def prompt_for_editor(
+    prompt: str, *, model: str = DEFAULT_MODEL_ID, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> str:
+    """Return the prompt the loaded pipeline's text encoder can take whole (see fit_prompt)."""
+    return fit_prompt(prompt, _load_entry(model, device=device, dtype=dtype).pipeline.tokenizer)
 
 
 def _load_entry(model: str, *, device: str | None, dtype: str | torch.dtype | None) -> _LoadedPipeline:
