@@ -131,13 +131,14 @@ def test_stopped_run_resumes_without_redoing(context, tmp_path):
 def test_killed_process_resumes(tiny_ip2p_dir, tiny_clip_dir, tmp_path):
     instruction = "make it black and white, turn the cat into a tiger and add a vignette"
     common = [CAT, instruction, "--profile", "full", "--editor-model", tiny_ip2p_dir, "--clip-model", tiny_clip_dir,
-              "--steps", "30", "--max-side", "64", "--max-attempts", "1"]
+              "--steps", "80", "--max-side", "64", "--max-attempts", "1"]
     env = dict(os.environ, RAGEDIT_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     command = [sys.executable, "-m", "agent.cli", "edit", *map(str, common), "--thread", "k"]
     process = subprocess.Popen([*command, "-o", str(tmp_path / "out.png")], stdout=subprocess.PIPE, text=True,
                                env=env)
     for line in process.stdout:
-        # The editor's denoising of the second subtask has started, so the first subtask's checkpoint is stored.
+        # The editor's denoising of the second subtask has started (80 steps leave time for the signal), so the
+        # first subtask's checkpoint is stored.
         if "turn the cat into a tiger: attempt 1" in line:
             process.send_signal(signal.SIGKILL)
             break
