@@ -168,7 +168,7 @@ def decompose(instruction: str) -> Plan:
 
 
 def whole_instruction_plan(instruction: str) -> Plan:
-    """Return a plan of one InstructPix2Pix subtask holding the whole instruction, as a single editor call sees it."""
+    """Return a plan of one InstructPix2Pix subtask that contains the whole instruction, for a single editor call."""
     text = clean_instruction(instruction)
     before_caption, after_caption = captions_for(text)
     subtask = Subtask(

@@ -74,12 +74,13 @@ def thread_graph(path: Path) -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)
             # One connection serves every thread of this process; SqliteSaver serialises its use with a lock.
             connection = sqlite3.connect(key, check_same_thread=False)
+            saver = SqliteSaver(connection)
             try:
-                SqliteSaver(connection).setup()
+                saver.setup()
             except sqlite3.DatabaseError as error:
                 connection.close()
                 raise _damaged(path, error) from None
-            graph = builder.compile(checkpointer=SqliteSaver(connection), name="ragedit")
+            graph = builder.compile(checkpointer=saver, name="ragedit")
             _graphs[key] = graph
     return graph
 

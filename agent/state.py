@@ -178,8 +178,10 @@ class EditState(TypedDict, total=False):
     cancelled: bool
     """True when the user cancelled the plan at the approval step; nothing was edited or written."""
     approval: str
-    """The plan approval: "accepted"; "edited" when a new plan awaits approval; "unreadable ..." with the reason
-    when the last answer could not be read, so the question is asked again; "" before the approval step."""
+    """State of the plan approval: "" before the approval step, then "accepted" or "edited".
+
+    "edited" means a new plan awaits approval. "unreadable ..." gives the reason the last reply could not be read,
+    and the question is asked again."""
     memory: Memory
     output: ImageRef
     written_path: str

@@ -145,8 +145,8 @@ def edit_image(
         image: the photo to edit; it is converted to RGB (transparent areas become white).
         prompt: the edit instruction, e.g. "make the sky stormy".
         model: a Hugging Face model id or a local diffusers directory.
-        seed: seed of the first output's CPU random generator; output i uses seed + i, so each output of a batch can
-            be made again alone. The same seed, settings and device give the same output.
+        seed: seed of the first output's CPU random generator. Output i uses seed + i, so a single call with that
+            seed makes it again. The same seed, settings and device give the same output.
         steps: denoising steps (default 20); more steps are slower and usually cleaner.
         guidance_scale: text guidance (default 7.5); higher follows the instruction more strongly.
         image_guidance_scale: image guidance (default 1.5); higher stays closer to the input image.
