@@ -28,14 +28,17 @@ from __future__ import annotations
 import math
 import pathlib
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
-from langchain_core.tools import StructuredTool, ToolException
 from PIL import Image, ImageFilter
 from pydantic import BaseModel, Field
 
 from tools.image_io import ImageInputError, load_image, write_image_atomic
+from tools.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from langchain_core.tools import StructuredTool
 
 AdjustOperation = Literal[
     "brightness",
@@ -500,6 +503,8 @@ def _run_adjust(
         result = adjust(image, operation, amount)
         write_image_atomic(result, output_path, overwrite=overwrite)
     except (ImageInputError, AdjustError, FileExistsError) as err:
+        from langchain_core.tools import ToolException
+
         raise ToolException(str(err)) from None
 
     resolved = _resolve_amount(operation, amount)
@@ -508,14 +513,20 @@ def _run_adjust(
     return f"{label}: wrote {name} ({result.width}x{result.height})"
 
 
-adjust_tool = StructuredTool.from_function(
-    func=_run_adjust,
-    name="adjust",
-    description=(
-        "Apply one exact global adjustment to an image file and write the result: brightness, contrast, "
-        "saturation, warmth, black_and_white, sepia, blur, sharpen, rotate, flip_horizontal, flip_vertical, "
-        "crop_square or vignette."
-    ),
-    args_schema=AdjustArgs,
-    handle_tool_error=True,
-)
+def _build_adjust_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
+
+    return StructuredTool.from_function(
+        func=_run_adjust,
+        name="adjust",
+        description=(
+            "Apply one exact global adjustment to an image file and write the result: brightness, contrast, "
+            "saturation, warmth, black_and_white, sepia, blur, sharpen, rotate, flip_horizontal, flip_vertical, "
+            "crop_square or vignette."
+        ),
+        args_schema=AdjustArgs,
+        handle_tool_error=True,
+    )
+
+
+__getattr__ = lazy_attributes(__name__, {"adjust_tool": _build_adjust_tool})

@@ -7,14 +7,17 @@ the change in image embedding with the change in caption embedding.
 from __future__ import annotations
 
 import json
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
-from langchain_core.tools import StructuredTool
 from PIL import Image
 from pydantic import BaseModel, Field
 
 from tools.embeddings import DEFAULT_CLIP_MODEL, Embedder, load_clip_embedder, normalize
+from tools.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from langchain_core.tools import StructuredTool
 
 # Two embeddings of the same pixels differ only by float32 rounding, which stays far below this norm, so a smaller
 # difference counts as no change instead of giving a direction made of rounding noise.
@@ -163,13 +166,19 @@ def _run_clip_score_tool(
     return json.dumps(scores)
 
 
-clip_score_tool = StructuredTool.from_function(
-    func=_run_clip_score_tool,
-    name="clip_score",
-    description=(
-        "Score an image edit with CLIP. Returns JSON with clip_image (similarity to the source image), clip_text "
-        "(similarity to the target caption) and clip_directional (image change against caption change), "
-        "each from -1 to 1."
-    ),
-    args_schema=ClipScoreArgs,
-)
+def _build_clip_score_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
+
+    return StructuredTool.from_function(
+        func=_run_clip_score_tool,
+        name="clip_score",
+        description=(
+            "Score an image edit with CLIP. Returns JSON with clip_image (similarity to the source image), clip_text "
+            "(similarity to the target caption) and clip_directional (image change against caption change), "
+            "each from -1 to 1."
+        ),
+        args_schema=ClipScoreArgs,
+    )
+
+
+__getattr__ = lazy_attributes(__name__, {"clip_score_tool": _build_clip_score_tool})

@@ -12,10 +12,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from tools.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from langchain_core.tools import StructuredTool
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +322,6 @@ def _first_line(error: BaseException) -> str:
 
 # --- LangChain tool -----------------------------------------------------------------------------------------------
 
-from langchain_core.tools import StructuredTool  # noqa: E402 - kept next to the tool it builds
 from pydantic import BaseModel, Field  # noqa: E402
 
 
@@ -343,9 +347,15 @@ def _run_embed_texts_tool(texts: list[str], embedder: str = "offline") -> str:
     return json.dumps({"embedder": model.id, "dim": model.dim, "vectors": np.round(vectors, 6).tolist()})
 
 
-embed_texts_tool = StructuredTool.from_function(
-    func=_run_embed_texts_tool,
-    name="embed_texts",
-    description="Embed texts into L2-normalised vectors with the offline MiniLM model or a CLIP text encoder.",
-    args_schema=EmbedTextsArgs,
-)
+def _build_embed_texts_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
+
+    return StructuredTool.from_function(
+        func=_run_embed_texts_tool,
+        name="embed_texts",
+        description="Embed texts into L2-normalised vectors with the offline MiniLM model or a CLIP text encoder.",
+        args_schema=EmbedTextsArgs,
+    )
+
+
+__getattr__ = lazy_attributes(__name__, {"embed_texts_tool": _build_embed_texts_tool})

@@ -21,13 +21,17 @@ import struct
 import tempfile
 import warnings
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from langchain_core.tools import StructuredTool, ToolException
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
+
+from tools.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from langchain_core.tools import StructuredTool
 
 logger = logging.getLogger(__name__)
 
@@ -450,6 +454,8 @@ def _image_info(path: str) -> dict[str, Any]:
     try:
         return describe_image(path)
     except ImageInputError as err:
+        from langchain_core.tools import ToolException
+
         raise ToolException(str(err)) from None
 
 
@@ -459,6 +465,8 @@ def _convert_image(input_path: str, output_path: str, overwrite: bool = False) -
         image = load_image(input_path)
         written = write_image_atomic(image, output_path, overwrite=overwrite)
     except (ImageInputError, FileExistsError) as err:
+        from langchain_core.tools import ToolException
+
         raise ToolException(str(err)) from None
 
     file_format = _SUFFIX_FORMATS[written.suffix.lower()]
@@ -466,24 +474,37 @@ def _convert_image(input_path: str, output_path: str, overwrite: bool = False) -
     return f"converted {input_name}: wrote {output_path} ({image.width}x{image.height} {file_format})"
 
 
-image_info_tool = StructuredTool.from_function(
-    func=_image_info,
-    name="image_info",
-    description=(
-        "Read an image file's header without decoding it. Returns path, format, width, height, mode "
-        "(Pillow pixel mode such as RGB, RGBA, L, CMYK) and frames."
-    ),
-    args_schema=ImageInfoArgs,
-    handle_tool_error=True,
-)
+def _build_image_info_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
 
-convert_image_tool = StructuredTool.from_function(
-    func=_convert_image,
-    name="convert_image",
-    description=(
-        "Convert an image file to another format (chosen by the output suffix). The output is upright "
-        "(EXIF orientation applied), with transparency flattened on white."
-    ),
-    args_schema=ConvertImageArgs,
-    handle_tool_error=True,
-)
+    return StructuredTool.from_function(
+        func=_image_info,
+        name="image_info",
+        description=(
+            "Read an image file's header without decoding it. Returns path, format, width, height, mode "
+            "(Pillow pixel mode such as RGB, RGBA, L, CMYK) and frames."
+        ),
+        args_schema=ImageInfoArgs,
+        handle_tool_error=True,
+    )
+
+
+def _build_convert_image_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
+
+    return StructuredTool.from_function(
+        func=_convert_image,
+        name="convert_image",
+        description=(
+            "Convert an image file to another format (chosen by the output suffix). The output is upright "
+            "(EXIF orientation applied), with transparency flattened on white."
+        ),
+        args_schema=ConvertImageArgs,
+        handle_tool_error=True,
+    )
+
+
+__getattr__ = lazy_attributes(__name__, {
+    "image_info_tool": _build_image_info_tool,
+    "convert_image_tool": _build_convert_image_tool,
+})

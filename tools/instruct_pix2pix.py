@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.tools import StructuredTool
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from tools.lazy import lazy_attributes
+
 if TYPE_CHECKING:
     import torch
+    from langchain_core.tools import StructuredTool
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
 logger = logging.getLogger(__name__)
@@ -512,12 +514,18 @@ def _run_instruct_pix2pix_tool(
     })
 
 
-instruct_pix2pix_tool = StructuredTool.from_function(
-    func=_run_instruct_pix2pix_tool,
-    name="instruct_pix2pix",
-    description=(
-        "Edit a photo from a plain-language instruction with InstructPix2Pix and write the result, the same size as "
-        "the input, to output_path. Returns JSON with the output path, size and the parameters used."
-    ),
-    args_schema=InstructPix2PixArgs,
-)
+def _build_instruct_pix2pix_tool() -> StructuredTool:
+    from langchain_core.tools import StructuredTool
+
+    return StructuredTool.from_function(
+        func=_run_instruct_pix2pix_tool,
+        name="instruct_pix2pix",
+        description=(
+            "Edit a photo from a plain-language instruction with InstructPix2Pix and write the result, the same size as "
+            "the input, to output_path. Returns JSON with the output path, size and the parameters used."
+        ),
+        args_schema=InstructPix2PixArgs,
+    )
+
+
+__getattr__ = lazy_attributes(__name__, {"instruct_pix2pix_tool": _build_instruct_pix2pix_tool})
