@@ -1,7 +1,8 @@
 """Build a module's LangChain tools on first use.
 
-Importing langchain_core took 0.43 s on a two-core machine, more than the rest of `ragedit --help`. Tool modules therefore build their
-StructuredTool objects when the attribute is first read, and importing them for their functions stays cheap.
+Importing langchain_core took 0.43 s on a two-core machine, more than the rest of `ragedit --help`. Tool modules
+therefore build their StructuredTool objects when the attribute is first read, and importing them for their functions
+stays cheap.
 """
 
 from __future__ import annotations
