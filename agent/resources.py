@@ -21,15 +21,19 @@ from PIL import Image
 from agent.context import Context
 from tools.case_store import CASES_FILE, INDEX_FILE, VECTORS_FILE, CaseStore, CaseStoreError
 from tools.embeddings import Embedder, load_clip_embedder, load_offline_embedder
-from tools.image_io import ArtifactStore, ImageRef
+from tools.image_io import ArtifactStore, ImageCache, ImageRef
 
 logger = logging.getLogger(__name__)
 
 LIBRARY_FILES = (CASES_FILE, VECTORS_FILE, INDEX_FILE)
 
 _lock = threading.Lock()
+# The embedding caches have their own lock: seeding a case library embeds through them while _lock is held.
+_embeddings_lock = threading.Lock()
 _case_stores: dict[tuple[str, str], CaseStore] = {}
 _chat_models: dict[str, Any] = {}
+# Decoded artifacts shared by the nodes of every run in this process: each node reads the image the previous one stored.
+_image_cache = ImageCache()
 # Image embeddings by (embedder id, artifact sha256): the critic embeds a subtask's input image once, not per attempt.
 _image_embeddings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
 MAX_CACHED_IMAGE_EMBEDDINGS = 256
@@ -53,7 +57,8 @@ def clip_for(context: Context) -> Embedder | None:
 
 
 def artifact_store(context: Context) -> ArtifactStore:
-    return ArtifactStore(context.artifact_dir)
+    """Return the profile's artifact store, with the process's cache of decoded images."""
+    return ArtifactStore(context.artifact_dir, cache=_image_cache)
 
 
 def starter_cases() -> list[dict]:
@@ -88,7 +93,8 @@ def _open_or_seed(directory: Path, embedder: Embedder) -> CaseStore:
     started = time.perf_counter()
     cases = starter_cases()
     store = CaseStore.create(directory, embedder.id, embedder.dim)
-    vectors = embedder.embed_texts([case["instruction"] for case in cases])
+    # Through the text cache, so a subtask worded like a starter case is not embedded a second time in this run.
+    vectors = text_embeddings(embedder, [case["instruction"] for case in cases])
     store.add(cases, vectors)
     logger.info(
         "indexed %d starter cases with %s in %.1f s at %s", len(cases), embedder.id, time.perf_counter() - started, directory
@@ -103,33 +109,46 @@ def image_embedding(
 
     `image` may be a function that loads the image, so a cached embedding costs no decode.
     """
-    key = (embedder.id, ref["sha256"])
-    with _lock:
-        cached = _image_embeddings.get(key)
-        if cached is not None:
-            _image_embeddings.move_to_end(key)
-            return cached
+    return image_embeddings(embedder, [ref], lambda: [image() if callable(image) else image])[0]
 
-    vector = embedder.embed_images([image() if callable(image) else image])[0]
-    with _lock:
-        _image_embeddings[key] = vector
-        while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
-            _image_embeddings.popitem(last=False)
-    return vector
+
+def image_embeddings(
+    embedder: Embedder, refs: list[ImageRef], images: list[Image.Image] | Callable[[], list[Image.Image]]
+) -> np.ndarray:
+    """Return the embeddings of artifact images as an (n, dim) array, embedding the ones not seen before in one batch.
+
+    The critic embeds each candidate, and the next subtask's retrieval then finds the accepted one here.
+    """
+    keys = [(embedder.id, ref["sha256"]) for ref in refs]
+    with _embeddings_lock:
+        found = {key: _image_embeddings[key] for key in keys if key in _image_embeddings}
+        for key in found:
+            _image_embeddings.move_to_end(key)
+    missing = [index for index, key in enumerate(keys) if key not in found]
+    if missing:
+        loaded = images() if callable(images) else images
+        vectors = embedder.embed_images([loaded[index] for index in missing])
+        with _embeddings_lock:
+            for index, vector in zip(missing, vectors):
+                found[keys[index]] = vector
+                _image_embeddings[keys[index]] = vector
+            while len(_image_embeddings) > MAX_CACHED_IMAGE_EMBEDDINGS:
+                _image_embeddings.popitem(last=False)
+    return np.stack([found[key] for key in keys])
 
 
 def text_embeddings(embedder: Embedder, texts: list[str]) -> np.ndarray:
     """Return the embeddings of texts as an (n, dim) array, embedding only those not embedded before."""
-    with _lock:
+    with _embeddings_lock:
         missing = [text for text in dict.fromkeys(texts) if (embedder.id, text) not in _text_embeddings]
     if missing:
         vectors = embedder.embed_texts(missing)
-        with _lock:
+        with _embeddings_lock:
             for text, vector in zip(missing, vectors):
                 _text_embeddings[(embedder.id, text)] = vector
             while len(_text_embeddings) > MAX_CACHED_TEXT_EMBEDDINGS:
                 _text_embeddings.popitem(last=False)
-    with _lock:
+    with _embeddings_lock:
         rows = []
         for text in texts:
             # A text evicted between the two locked sections is embedded again rather than failing.

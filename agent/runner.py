@@ -144,12 +144,14 @@ def run_edit(
     from_step: int | None = None,
     checkpoints: str | Path | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: list[Any] | None = None,
 ) -> EditRun:
     """Run one instruction on a thread: a new thread when thread_id is None, else the next turn of that thread.
 
     When the thread's last run of the same instruction stopped midway (the process was killed), it is finished
     instead, without redoing the subtasks it completed. `from_step` first goes back to that step of the thread's
-    history, so the turn branches from an earlier image. `on_event` receives the graph's progress events.
+    history, so the turn branches from an earlier image. `on_event` receives the graph's progress events, and
+`callbacks` (LangChain callback handlers, for tracing or timing) see every node run.
 
     Raises:
         ThreadError: the thread does not exist and no image was given, the image is not the thread's photo, or
@@ -159,7 +161,8 @@ def run_edit(
     graph = thread_graph(path)
     thread_id = uuid.uuid4().hex if thread_id is None else check_thread_id(thread_id)
     with _thread_in_use(path, thread_id), _sqlite_errors(path):
-        return _run(graph, instruction, context, thread_id, image_path, output_path, overwrite, from_step, on_event)
+        return _run(graph, instruction, context, thread_id, image_path, output_path, overwrite, from_step, on_event,
+                    callbacks)
 
 
 def _run(
@@ -172,6 +175,7 @@ def _run(
     overwrite: bool,
     from_step: int | None,
     on_event: Callable[[dict[str, Any]], None] | None,
+    callbacks: list[Any] | None = None,
 ) -> EditRun:
     config: dict[str, Any] = {"configurable": {"thread_id": thread_id}}
     snapshot = graph.get_state(config)
@@ -192,6 +196,8 @@ def _run(
         if on_event is not None:
             on_event({"event": "resumed", "thread_id": thread_id, "next": list(snapshot.next)})
         state_input, resumed = None, True
+    if callbacks:
+        config = {**config, "callbacks": callbacks}
     return _stream(graph, state_input, config, context, thread_id, on_event, resumed)
 
 

@@ -19,8 +19,10 @@ import pathlib
 import re
 import struct
 import tempfile
+import threading
 import warnings
 import zlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,8 +61,11 @@ _SAVE_OPTIONS: dict[str, dict[str, Any]] = {
     "TIFF": {"compression": "tiff_lzw"},
 }
 
-# A fixed zlib level and no metadata make equal pixels give equal PNG bytes, and so equal artifact names.
-_PNG_COMPRESS_LEVEL = 6
+# A fixed zlib level and no metadata make equal pixels give equal PNG bytes, and so equal artifact names. Level 1
+# encoded a 451x300 photo in 8 ms against 30 ms at level 6, for a file 6% larger; artifacts are written on every step.
+_PNG_COMPRESS_LEVEL = 1
+# Decoded images an ImageCache keeps, counted in pixel bytes: about 50 photos of 1280x1024.
+DEFAULT_IMAGE_CACHE_BYTES = 192 * 2**20
 _SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 _BOMB_PIXELS_PATTERN = re.compile(r"\((\d+) pixels\)")
 _WHITE = (255, 255, 255, 255)
@@ -120,15 +125,58 @@ def image_to_png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class ImageCache:
+    """Decoded artifact images of one process, least recently used dropped first once they pass `max_bytes`.
+
+    Graph nodes read the image that the previous node stored; the cache saves that read, its hash check and its decode.
+    Images go in and come out as copies, so a caller that changes one cannot change the cached pixels.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[tuple[str, str], Image.Image] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, root: pathlib.Path, sha256: str) -> Image.Image | None:
+        with self._lock:
+            image = self._images.get((str(root), sha256))
+            if image is None:
+                return None
+            self._images.move_to_end((str(root), sha256))
+            return image.copy()
+
+    def put(self, root: pathlib.Path, sha256: str, image: Image.Image) -> None:
+        size = _pixel_bytes(image)
+        if size > self.max_bytes:
+            return
+        key = (str(root), sha256)
+        with self._lock:
+            if key in self._images:
+                self._images.move_to_end(key)
+                return
+            self._images[key] = image.copy()
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._images.popitem(last=False)
+                self._bytes -= _pixel_bytes(dropped)
+
+
+def _pixel_bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
+
+
 class ArtifactStore:
     """Content-addressed PNG artifacts: <root>/<sha256>.png.
 
-    Images are stored in RGB, so an artifact's name depends only on its pixels and size.
+    Images are stored in RGB, so an artifact's name depends only on its pixels and size. With a `cache`, images this
+    process stored or read are served from memory; without one, every get reads and checks the file.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], cache: ImageCache | None = None) -> None:
         self.root: pathlib.Path = pathlib.Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.cache = cache
 
     def put(self, image: Image.Image) -> ImageRef:
         """Store an image (converted to RGB) and return its reference. Storing the same pixels twice is a no-op."""
@@ -140,6 +188,8 @@ class ArtifactStore:
         if not path.exists():
             _write_bytes_atomic(data, path, overwrite=True)
             logger.debug("stored artifact %s (%dx%d)", sha256, rgb.width, rgb.height)
+        if self.cache is not None:
+            self.cache.put(self.root, sha256, rgb)
 
         return ImageRef(sha256=sha256, path=str(path), width=rgb.width, height=rgb.height)
 
@@ -152,6 +202,10 @@ class ArtifactStore:
         """
         sha256 = ref if isinstance(ref, str) else ref["sha256"]
         path = self.path_for(sha256)
+        if self.cache is not None:
+            cached = self.cache.get(self.root, sha256)
+            if cached is not None:
+                return cached
 
         try:
             data = path.read_bytes()
@@ -168,7 +222,10 @@ class ArtifactStore:
 
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
+        if self.cache is not None:
+            self.cache.put(self.root, sha256, rgb)
+        return rgb
 
     def path_for(self, sha256: str) -> pathlib.Path:
         """Return the artifact path for a sha256 hex digest (the file may not exist yet)."""
