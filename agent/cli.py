@@ -150,6 +150,23 @@ def edit(
     device: str = typer.Option(
         "", "--device", help="Torch device: cpu, cuda, cuda:N or mps.", show_default="the fastest available"
     ),
+    dtype: str = typer.Option(
+        "", "--dtype", help="Torch dtype of InstructPix2Pix: float16, bfloat16 or float32.",
+        show_default="float16 on cuda and mps, float32 on cpu",
+    ),
+    attention_slicing: bool = typer.Option(
+        False, "--attention-slicing", help="Compute InstructPix2Pix attention in slices to lower GPU memory. It is "
+        "slower than the default scaled-dot-product attention, so use it only when an edit runs out of memory.",
+    ),
+    cpu_offload: bool = typer.Option(
+        False, "--cpu-offload", help="Keep the InstructPix2Pix models in CPU memory and move each to the GPU only "
+        "while it runs, for GPUs too small for the whole model. It needs cuda or mps, and each edit is slower.",
+    ),
+    compile_unet: bool = typer.Option(
+        False, "--compile-unet", help="Compile the InstructPix2Pix UNet with torch.compile. The first edit at each "
+        "working size waits for the compilation (seconds to minutes), and later edits at that size in the same "
+        "process run faster.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the plan and every attempt."),
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", "--contact-sheet",
@@ -178,7 +195,8 @@ def edit(
         lambda: _run_edit(
             image, instruction, output, profile=profile, seed=seed, steps=steps, max_attempts=max_attempts,
             candidates=candidates,
-            editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, report=report,
+            editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, dtype=dtype,
+            attention_slicing=attention_slicing, cpu_offload=cpu_offload, compile_unet=compile_unet, report=report,
             sheet=sheet, overwrite=overwrite, home=home, llm=llm, thread=thread, from_step=from_step,
             approve_plan=approve_plan, checkpoints=checkpoints,
         ),

@@ -202,16 +202,23 @@ def resolve_context(options: dict[str, Any]) -> Any:
 
 def _flag_names(message: str) -> str:
     """Name the command-line options in a Context error ("invalid max_side 0" becomes "invalid --max-side 0")."""
-    for field in ("max_attempts", "max_side", "candidates", "steps", "seed", "device"):
+    for field in ("max_attempts", "max_side", "candidates", "steps", "seed", "device", "dtype"):
         message = message.replace(f"invalid {field} ", f"invalid --{field.replace('_', '-')} ")
+    # These names never occur in plain words, so every occurrence, including the fix the message suggests, is the flag.
+    for field in ("attention_slicing", "cpu_offload", "compile_unet"):
+        message = message.replace(field, f"--{field.replace('_', '-')}")
     return message
 
 
 def make_context(options: dict[str, Any]) -> Any:
-    """Build the run's Context from command-line options; raises ValueError for an invalid setting."""
+    """Build the run's Context from command-line options; raises ValueError for an invalid setting.
+
+    With cpu_offload, the device is checked here (the one that would be picked when --device is empty), so a machine
+    without a GPU fails before any model loads.
+    """
     from agent.context import Context
 
-    return Context(
+    context = Context(
         profile=ProfileName(options["profile"]).value,
         home=str(options["home"] or ""),
         seed=options["seed"],
@@ -220,8 +227,19 @@ def make_context(options: dict[str, Any]) -> Any:
         candidates=options["candidates"],
         max_side=options["max_side"],
         device=options["device"],
+        dtype=options.get("dtype") or "",
+        # Commands without the GPU flags leave them out of `options`, which means off.
+        **{key: bool(options.get(key)) for key in ("attention_slicing", "cpu_offload", "compile_unet")},
         **{key: options[key] for key in ("editor_model", "clip_model", "llm") if options[key]},
     )
+    if context.cpu_offload:
+        from tools.instruct_pix2pix import EditorOptionsError, check_editor_options
+
+        try:
+            check_editor_options(context.editor_options, context.device or None)
+        except EditorOptionsError as error:
+            raise ValueError(str(error)) from None
+    return context
 
 
 def real_path(path: Path) -> Path:

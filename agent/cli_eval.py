@@ -67,6 +67,22 @@ def evaluate_command(
     max_side: int = typer.Option(512, "--max-side", help="Maximum side length in pixels that InstructPix2Pix works at."),
     device: str = typer.Option("", "--device", help="Torch device: cpu, cuda, cuda:N or mps.",
                                show_default="the fastest available"),
+    dtype: str = typer.Option(
+        "", "--dtype", help="Torch dtype of InstructPix2Pix: float16, bfloat16 or float32.",
+        show_default="float16 on cuda and mps, float32 on cpu",
+    ),
+    attention_slicing: bool = typer.Option(
+        False, "--attention-slicing", help="Compute InstructPix2Pix attention in slices to lower GPU memory. It is "
+        "slower than the default scaled-dot-product attention, so use it only when an edit runs out of memory.",
+    ),
+    cpu_offload: bool = typer.Option(
+        False, "--cpu-offload", help="Keep the InstructPix2Pix models in CPU memory and move each to the GPU only "
+        "while it runs, for GPUs too small for the whole model. It needs cuda or mps, and each edit is slower.",
+    ),
+    compile_unet: bool = typer.Option(
+        False, "--compile-unet", help="Compile the InstructPix2Pix UNet with torch.compile. The first edit at each "
+        "working size waits for the compilation (seconds to minutes), and later edits at that size run faster.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in an existing --out folder."),
     home: Optional[Path] = HomeOption,
     verbose: bool = typer.Option(
@@ -79,7 +95,8 @@ def evaluate_command(
     quiet_model_libraries()
     options = dict(
         profile=profile, seed=seed, steps=steps, max_attempts=max_attempts, candidates=candidates,
-        editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, home=home, llm=None,
+        editor_model=editor_model, clip_model=clip_model, max_side=max_side, device=device, dtype=dtype,
+        attention_slicing=attention_slicing, cpu_offload=cpu_offload, compile_unet=compile_unet, home=home, llm=None,
     )
     code = run_guarded(
         lambda: _run_evaluation(dataset, ablation, limit, split, out, metric_clip, overwrite, options), verbose,
@@ -166,7 +183,8 @@ def _check_editor(context: Any) -> None:
     from tools.instruct_pix2pix import EditorUnavailableError, load_pipeline
 
     try:
-        load_pipeline(context.editor_model, device=context.device or None)
+        load_pipeline(context.editor_model, device=context.device or None, dtype=context.dtype or None,
+                      options=context.editor_options)
     except EditorUnavailableError as error:
         raise UsageError(f"{error}; the evaluation needs the editor, or pass --profile offline to score adjust edits "
                          "only") from None

@@ -11,7 +11,7 @@ from typing import Literal
 import platformdirs
 
 from tools.embeddings import DEFAULT_CLIP_MODEL
-from tools.instruct_pix2pix import DEFAULT_MODEL_ID
+from tools.instruct_pix2pix import DEFAULT_MODEL_ID, DTYPE_NAMES, EditorOptions
 
 Profile = Literal["full", "offline"]
 # Largest seed a torch.Generator accepts, less headroom for the seeds that retries derive from it.
@@ -57,6 +57,34 @@ class Context:
         **_describe("open_clip model name (ViT-B-32 with laion2b_s34b_b79k weights) or a local open_clip directory."),
     )
     device: str = field(default="", **_describe("Torch device for the models (cuda, mps, cpu); empty picks one."))
+    dtype: str = field(
+        default="",
+        **_describe(
+            "Torch dtype of InstructPix2Pix: float16, bfloat16 or float32. Empty picks float16 on cuda and mps, "
+            "float32 on cpu. Half precision halves the weights' memory and is faster on GPUs."
+        ),
+    )
+    attention_slicing: bool = field(
+        default=False,
+        **_describe(
+            "Compute InstructPix2Pix attention in slices to lower peak GPU memory. It replaces PyTorch's "
+            "scaled-dot-product attention and is slower, so use it only when an edit runs out of memory."
+        ),
+    )
+    cpu_offload: bool = field(
+        default=False,
+        **_describe(
+            "Keep the InstructPix2Pix models in CPU memory and move each to the GPU only while it runs, for GPUs too "
+            "small for the whole model. It needs a cuda or mps device, and each edit is slower."
+        ),
+    )
+    compile_unet: bool = field(
+        default=False,
+        **_describe(
+            "Compile the InstructPix2Pix UNet with torch.compile, for many edits in one process. The first edit at "
+            "each working size waits for the compilation (seconds to minutes), and later edits at that size run faster."
+        ),
+    )
     seed: int = field(default=0, **_describe("Seed of the first attempt; retries derive new seeds from it."))
     steps: int = field(default=0, **_describe("Denoising steps of InstructPix2Pix; 0 takes them from retrieved cases."))
     max_attempts: int = field(default=3, **_describe("Attempts per subtask before the critic gives up (at least 1)."))
@@ -160,6 +188,20 @@ class Context:
             raise ValueError(f"invalid seed {self.seed}: use an integer from 0 to {MAX_SEED}")
         if not re.fullmatch(r"|cpu|cuda(:\d+)?|mps", self.device):
             raise ValueError(f"invalid device {self.device!r}: use cpu, cuda, cuda:N or mps, or leave it empty")
+        if self.dtype not in ("", *DTYPE_NAMES):
+            raise ValueError(f"invalid dtype {self.dtype!r}: use {', '.join(DTYPE_NAMES)}, or leave it empty")
+        if self.cpu_offload and self.device == "cpu":
+            raise ValueError(
+                "invalid cpu_offload on device 'cpu': CPU offload needs a cuda or mps device to move each model to "
+                "while it runs; turn cpu_offload off, or select a cuda or mps device"
+            )
+
+    @property
+    def editor_options(self) -> EditorOptions:
+        """Memory and speed options of the InstructPix2Pix pipeline, taken from this context."""
+        return EditorOptions(
+            attention_slicing=self.attention_slicing, cpu_offload=self.cpu_offload, compile_unet=self.compile_unet
+        )
 
     @property
     def home_path(self) -> Path:

@@ -284,7 +284,8 @@ def _fitted_prompt(subtask: Subtask, params: dict[str, Any], context: Context) -
     """Return the InstructPix2Pix prompt shortened to the text encoder's limit, or "" for an adjust subtask."""
     if subtask["tool"] != "instruct_pix2pix":
         return ""
-    prompt = prompt_for_editor(params["prompt"], model=context.editor_model, device=context.device or None)
+    prompt = prompt_for_editor(params["prompt"], model=context.editor_model, device=context.device or None,
+                               dtype=context.dtype or None, options=context.editor_options)
     if prompt != params["prompt"]:
         logger.warning("shortened the prompt %r to %r to fit the text encoder's 77 tokens", params["prompt"], prompt)
         _emit({"event": "note", "subtask": subtask["text"],
@@ -315,6 +316,8 @@ def _run_tool(subtask: Subtask, params: dict[str, Any], image: Image.Image, cont
         num_images=context.candidates,
         max_side=context.max_side,
         device=context.device or None,
+        dtype=context.dtype or None,
+        options=context.editor_options,
         step_callback=on_step,
     )
     return images
@@ -406,7 +409,7 @@ def _judge_candidates(
     preserve_rows: list[dict[str, tuple[float, float]] | None] = [None] * len(afters)
     clip = resources.clip_for(context) if subtask["tool"] == "instruct_pix2pix" else None
     if clip is not None:
-        clip_rows, preserve_rows = _clip_scores(clip, state, subtask, before, afters)
+        clip_rows, preserve_rows = _clip_scores(clip, state, subtask, before, afters, pending["images"])
     return [
         critic.judge_image(subtask, params, before, after, context, clip_row, preserve_row)
         for after, clip_row, preserve_row in zip(afters, clip_rows, preserve_rows)
@@ -414,13 +417,18 @@ def _judge_candidates(
 
 
 def _clip_scores(
-    clip: Any, state: EditState, subtask: Subtask, before: Image.Image, afters: list[Image.Image]
+    clip: Any,
+    state: EditState,
+    subtask: Subtask,
+    before: Image.Image,
+    afters: list[Image.Image],
+    after_refs: list[ImageRef],
 ) -> tuple[list[dict[str, float] | None], list[dict[str, tuple[float, float]] | None]]:
     """Score every candidate with CLIP, embedding the input once and the candidates in one batch."""
     from tools.clip_scores import scores_from_vectors, similarity_matrix
 
     source_vector = resources.image_embedding(clip, state["current"], before)
-    after_vectors = clip.embed_images(afters)
+    after_vectors = resources.image_embeddings(clip, after_refs, afters)
     keep = critic.preserved_for(subtask, state.get("preserve", []))
     captions = [subtask["before_caption"], subtask["after_caption"]]
     text_vectors = resources.text_embeddings(clip, captions + [f"a photo of {item}" for item in keep])

@@ -1,7 +1,7 @@
 """Edit an image from a written instruction with InstructPix2Pix (diffusers' StableDiffusionInstructPix2PixPipeline).
 
-The pipeline is loaded once per process for each (model, device, dtype) and reused. torch and diffusers are imported
-inside the functions, so importing this module stays cheap.
+The pipeline is loaded once per process for each (model, device, dtype, EditorOptions) and reused. torch and diffusers
+are imported inside the functions, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "timbrooks/instruct-pix2pix"
 
-_DTYPE_NAMES = ("float16", "bfloat16", "float32")
+# Names of the torch dtypes the editor loads, as `dtype` accepts them.
+DTYPE_NAMES = ("float16", "bfloat16", "float32")
 _TRUE_VALUES = ("1", "true", "yes", "on")
 
 
@@ -46,6 +48,28 @@ class EditorInputError(ValueError):
 
 class EditorOutOfMemoryError(RuntimeError):
     """Error raised when the device ran out of memory at every working size tried. The message names the sizes."""
+
+
+class EditorOptionsError(EditorUnavailableError):
+    """Error raised when the editor options cannot work on the device, such as cpu_offload on a cpu device."""
+
+
+@dataclass(frozen=True)
+class EditorOptions:
+    """Memory and speed options of a loaded pipeline. Each set of options loads its own pipeline.
+
+    Attributes:
+        attention_slicing: compute attention in slices (diffusers' SlicedAttnProcessor) to lower peak memory. It
+            replaces the UNet's scaled-dot-product attention, so each step is slower.
+        cpu_offload: keep the models in CPU memory and move each one to the accelerator only while it runs
+            (pipeline.enable_model_cpu_offload). It needs a cuda or mps device.
+        compile_unet: compile the UNet with torch.compile. The first edit at each working size compiles, which takes
+            seconds to minutes; later edits at that size run faster.
+    """
+
+    attention_slicing: bool = False
+    cpu_offload: bool = False
+    compile_unet: bool = False
 
 
 # Shortest side the generative editor accepts. Smaller images would be scaled up from a few pixels to the model's
@@ -64,7 +88,7 @@ class _LoadedPipeline:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-_pipelines: dict[tuple[str, str, str], _LoadedPipeline] = {}
+_pipelines: dict[tuple[str, str, str, EditorOptions], _LoadedPipeline] = {}
 _pipelines_lock = threading.Lock()
 
 
@@ -90,22 +114,35 @@ def resolve_device_and_dtype(
         resolved = torch.float16 if device_type in ("cuda", "mps") else torch.float32
     elif isinstance(dtype, torch.dtype):
         resolved = dtype
-    elif isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+    elif isinstance(dtype, str) and dtype in DTYPE_NAMES:
         resolved = getattr(torch, dtype)
     else:
-        raise ValueError(f"invalid dtype {dtype!r}: use one of {', '.join(_DTYPE_NAMES)}")
+        raise ValueError(f"invalid dtype {dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
     return device, resolved
 
 
 def load_pipeline(
-    model: str = DEFAULT_MODEL_ID, *, device: str | None = None, dtype: str | torch.dtype | None = None
+    model: str = DEFAULT_MODEL_ID,
+    *,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    options: EditorOptions | None = None,
 ) -> StableDiffusionInstructPix2PixPipeline:
     """Load the InstructPix2Pix pipeline from a hub id or a local directory, or return the one already loaded.
 
+    `options` (None means EditorOptions()) sets attention slicing, CPU offload and UNet compilation. A pipeline is
+    reused only by calls with the same model, device, dtype and options.
+
     Raises EditorUnavailableError when the weights are neither a valid local directory, nor in the local Hugging Face
-    cache, nor downloadable.
+    cache, nor downloadable, and its subclass EditorOptionsError when the options cannot work on the device.
     """
-    return _load_entry(model, device=device, dtype=dtype).pipeline
+    return _load_entry(model, device=device, dtype=dtype, options=options).pipeline
+
+
+def check_editor_options(options: EditorOptions, device: str | None = None) -> None:
+    """Raise EditorOptionsError when `options` cannot work on `device` (None checks the device that would be picked)."""
+    resolved_device, _ = resolve_device_and_dtype(device)
+    _check_options_for_device(options, resolved_device)
 
 
 def working_size(width: int, height: int, *, max_side: int = 512, multiple: int = 8) -> tuple[int, int]:
@@ -139,6 +176,7 @@ def edit_image(
     max_side: int = 512,
     device: str | None = None,
     dtype: str | torch.dtype | None = None,
+    options: EditorOptions | None = None,
     step_callback: Callable[[int, int], None] | None = None,
 ) -> list[Image.Image]:
     """Edit `image` as `prompt` instructs and return `num_images` results, each the size of the input.
@@ -158,16 +196,19 @@ def edit_image(
             resized back to the input size.
         device: torch device; None picks cuda, then mps, then cpu.
         dtype: torch dtype or its name; None picks float16 on cuda and mps, float32 on cpu.
+        options: attention slicing, CPU offload and UNet compilation of the loaded pipeline (see EditorOptions);
+            None means all off.
         step_callback: called as step_callback(step, total) after each denoising step, with step counting from 1.
 
     Raises:
         EditorInputError: a side of the image is shorter than MIN_INPUT_SIDE.
         EditorOutOfMemoryError: the device ran out of memory at every working size down to MIN_RETRY_SIDE.
         EditorUnavailableError: the weights cannot be loaded.
+        EditorOptionsError: the options cannot work on the device (cpu_offload on cpu).
     """
     _check_edit_arguments(image, prompt, seed, steps, guidance_scale, image_guidance_scale, num_images,
                           negative_prompt, max_side)
-    entry = _load_entry(model, device=device, dtype=dtype)
+    entry = _load_entry(model, device=device, dtype=dtype, options=options)
     pipeline = entry.pipeline
 
     source = _to_rgb(image)
@@ -276,29 +317,100 @@ def _token_count(text: str, tokenizer: Any) -> int:
 
 
 def prompt_for_editor(
-    prompt: str, *, model: str = DEFAULT_MODEL_ID, device: str | None = None, dtype: str | torch.dtype | None = None
+    prompt: str,
+    *,
+    model: str = DEFAULT_MODEL_ID,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    options: EditorOptions | None = None,
 ) -> str:
-    """Return the prompt the loaded pipeline's text encoder can take whole (see fit_prompt)."""
-    return fit_prompt(prompt, _load_entry(model, device=device, dtype=dtype).pipeline.tokenizer)
+    """Return the prompt the loaded pipeline's text encoder can take whole (see fit_prompt).
+
+    It loads the pipeline for this device, dtype and options, and edit_image with the same arguments reuses it.
+    """
+    return fit_prompt(prompt, _load_entry(model, device=device, dtype=dtype, options=options).pipeline.tokenizer)
 
 
-def _load_entry(model: str, *, device: str | None, dtype: str | torch.dtype | None) -> _LoadedPipeline:
+def _load_entry(
+    model: str, *, device: str | None, dtype: str | torch.dtype | None, options: EditorOptions | None
+) -> _LoadedPipeline:
+    options = options or EditorOptions()
     resolved_device, resolved_dtype = resolve_device_and_dtype(device, dtype)
+    _check_options_for_device(options, resolved_device)
     source = _resolve_model_source(model)
-    key = (source, resolved_device, str(resolved_dtype))
+    key = (source, resolved_device, str(resolved_dtype), options)
 
     with _pipelines_lock:
         entry = _pipelines.get(key)
         if entry is None:
             started = time.perf_counter()
             pipeline = _from_pretrained(source, resolved_dtype)
-            pipeline.to(resolved_device)
+            _apply_options(pipeline, resolved_device, options)
             pipeline.set_progress_bar_config(disable=True)
-            logger.info("loaded InstructPix2Pix %s on %s (%s) in %.1f s",
-                        source, resolved_device, resolved_dtype, time.perf_counter() - started)
+            logger.info("loaded InstructPix2Pix %s on %s (%s, %s) in %.1f s", source, resolved_device,
+                        resolved_dtype, options, time.perf_counter() - started)
+            logger.info("InstructPix2Pix attention: %s", describe_attention(pipeline))
             entry = _LoadedPipeline(pipeline)
             _pipelines[key] = entry
     return entry
+
+
+def _check_options_for_device(options: EditorOptions, device: str) -> None:
+    import torch
+
+    if options.cpu_offload and torch.device(device).type == "cpu":
+        raise EditorOptionsError(
+            f"cannot use cpu_offload on device {device!r}: CPU offload needs a cuda or mps device to move each model "
+            "to while it runs; turn cpu_offload off, or select a cuda or mps device"
+        )
+
+
+def _apply_options(pipeline: StableDiffusionInstructPix2PixPipeline, device: str, options: EditorOptions) -> None:
+    """Set the attention processors, then place the pipeline on `device` or offload it, then compile the UNet."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    # diffusers 0.42 already picks AttnProcessor2_0 (torch's scaled_dot_product_attention) when torch provides it.
+    # Setting it here keeps the editor on SDPA even if that default changes.
+    pipeline.unet.set_attn_processor(AttnProcessor2_0())
+    pipeline.vae.set_attn_processor(AttnProcessor2_0())
+    if options.attention_slicing:
+        # This replaces the UNet's processors with SlicedAttnProcessor. The VAE keeps SDPA because AutoencoderKL has
+        # no set_attention_slice.
+        pipeline.enable_attention_slicing()
+
+    if options.cpu_offload:
+        # The offload hooks move each model to `device` when it runs. Moving the whole pipeline there as well would
+        # keep every model on the device and undo the memory saving, which diffusers warns about.
+        pipeline.enable_model_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+
+    if options.compile_unet:
+        _compile_unet(pipeline, offloaded=options.cpu_offload)
+
+
+def _compile_unet(pipeline: StableDiffusionInstructPix2PixPipeline, *, offloaded: bool) -> None:
+    import torch
+
+    if offloaded:
+        # accelerate's offload hook runs with torch.compiler.disable, which breaks the graph, so fullgraph=True
+        # raises. The default mode is what diffusers' compile-and-offload guide uses.
+        # NOTE: this path has run only on a cpu, with the offload hooks pointed at the cpu, not yet on a GPU.
+        pipeline.unet = torch.compile(pipeline.unet)
+        return
+    # diffusers' "Accelerate inference" guide compiles the UNet with fullgraph=True, which raises on a graph break
+    # instead of running a slower, split graph. Its regional-compilation example uses mode="reduce-overhead": CUDA
+    # graphs cut the launch overhead of each denoising step without max-autotune's long kernel search.
+    pipeline.unet = torch.compile(pipeline.unet, mode="reduce-overhead", fullgraph=True)
+
+
+def describe_attention(pipeline: StableDiffusionInstructPix2PixPipeline) -> str:
+    """Summarise the attention processors in use, e.g. "UNet AttnProcessor2_0 x12, VAE AttnProcessor2_0 x2"."""
+    parts = []
+    for label, model in (("UNet", pipeline.unet), ("VAE", pipeline.vae)):
+        counts = Counter(type(processor).__name__ for processor in model.attn_processors.values())
+        parts.extend(f"{label} {name} x{count}" for name, count in sorted(counts.items()))
+    return ", ".join(parts)
 
 
 def _resolve_model_source(model: str) -> str:
