@@ -51,7 +51,7 @@ def learn_from_run(state: EditState, context: Context) -> int:
     store = resources.case_store(context, embedder)
     indexes = sorted(outcomes)
     texts = [state["plan"][index]["text"] for index in indexes]
-    vectors = embedder.embed_texts(texts)
+    vectors = resources.text_embeddings(embedder, texts)
     image_vectors = _input_image_vectors(state, context, indexes)
 
     added = 0

@@ -136,6 +136,33 @@ def test_source_embedded_once_per_subtask(full_context, monkeypatch):
     assert sum(embedded) == 1 + 3
 
 
+def test_each_image_and_text_embedded_once(full_context, monkeypatch):
+    from tools.embeddings import ClipEmbedder
+
+    images, texts = [], []
+    embed_images, embed_texts = ClipEmbedder.embed_images, ClipEmbedder.embed_texts
+
+    def count_images(self, batch):
+        images.extend(image.tobytes() for image in batch)
+        return embed_images(self, batch)
+
+    def count_texts(self, batch):
+        texts.extend(batch)
+        return embed_texts(self, batch)
+
+    monkeypatch.setattr(ClipEmbedder, "embed_images", count_images)
+    monkeypatch.setattr(ClipEmbedder, "embed_texts", count_texts)
+    monkeypatch.setattr(resources, "_image_embeddings", OrderedDict())
+    monkeypatch.setattr(resources, "_text_embeddings", OrderedDict())
+    final = _run(DATA / "cat.png", "add a rainbow and add a party hat, but keep the cat", full_context())
+
+    # The photo, then each subtask's output once: the next subtask's retrieval reuses the critic's embedding.
+    assert [result["status"] for result in final["results"]] == ["accepted", "accepted"]
+    assert len(images) == 3
+    assert len(set(images)) == 3
+    assert len(texts) == len(set(texts))
+
+
 def test_retrieval_reports_text_and_image_parts(full_context, tmp_path):
     from agent.report import build_report
 
