@@ -7,7 +7,7 @@ CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 DEMO_INSTRUCTION := make it black and white, increase the contrast and add a vignette, but keep the cat
 
-.PHONY: install demo test clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+# About 10 minutes on two cores; writes benchmarks/RESULTS.md.
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

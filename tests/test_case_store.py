@@ -386,7 +386,7 @@ def test_hnsw_above_threshold(library: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert manifest["count"] == 30
     assert isinstance(index, faiss.IndexHNSWFlat)
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
-    assert index.hnsw.nb_neighbors(1) == 32
+    assert index.hnsw.nb_neighbors(1) == case_store.HNSW_M
     assert store.search(first[3], k=1)[0].record["id"] == first_ids[3]
     assert store.search(second[9], k=1)[0].record["id"] == second_ids[9]
     assert store.search(second[9], k=1)[0].score == pytest.approx(1.0, abs=1e-5)
