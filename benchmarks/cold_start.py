@@ -14,9 +14,11 @@ RUNS = 5
 
 
 def ragedit_command() -> list[str]:
-    """Return the installed `ragedit` script next to this Python, as a user runs it."""
-    script = Path(sys.executable).parent / "ragedit"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "agent.cli"]
+    """Return the command that starts this checkout's CLI, as the `ragedit` script does.
+
+    The installed script may belong to another checkout of the package, so the module runs from this repository.
+    """
+    return [sys.executable, "-m", "agent.cli"]
 
 
 def measure_command(arguments: list[str], *, runs: int = RUNS, env: dict[str, str] | None = None) -> dict:

@@ -58,6 +58,8 @@ def machine_description() -> dict[str, str]:
         "Python": platform.python_version(),
         "torch": torch.__version__,
         "torch threads": str(torch.get_num_threads()),
+        # Other work on the machine slows every row, so the load when the table was written is part of the record.
+        "load average (1, 5, 15 min)": ", ".join(f"{value:.2f}" for value in os.getloadavg()),
         **_versions("diffusers", "open_clip_torch", "faiss-cpu", "langgraph", "pillow"),
     }
 
