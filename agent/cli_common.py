@@ -158,11 +158,15 @@ def run_guarded(command: Callable[[], Any], verbose: bool, input_errors: tuple[t
     """Run a command's work, turning each error into one line: exit 2 for bad input, 1 for an internal error."""
     from tools.case_store import CaseStoreError
     from tools.embeddings import EmbedderUnavailableError
+    from tools.image_io import ArtifactCorruptError, ArtifactNotFoundError
 
     try:
         return command()
     except typer.Exit:
         raise
+    except (ArtifactCorruptError, ArtifactNotFoundError) as error:
+        # A damaged data folder is the user's to repair, not a bug, so it gets the input-error exit code.
+        fail(str(error))
     except CaseStoreError as error:
         fail(case_library_message(error))
     except EmbedderUnavailableError as error:

@@ -96,8 +96,8 @@ def main() -> int:
     print(table)
     elapsed = time.perf_counter() - started
     if out is None:
-        print(f"\nran rows {args.rows} in {elapsed:.0f} s; benchmarks/RESULTS.md is written only by a run of every row, "
-              "so pass --out FILE to save this one", file=sys.stderr)
+        print(f"\nran rows {args.rows} in {elapsed:.0f} s; benchmarks/RESULTS.md is written only by a run of every "
+              "row, so pass --out FILE to save this one", file=sys.stderr)
         return 0
     write_results(out, table, details, elapsed)
     print(f"\nwrote {out} ({elapsed:.0f} s)", file=sys.stderr)

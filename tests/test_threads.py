@@ -365,3 +365,26 @@ def test_history_creates_no_threads_file(context, tmp_path):
     with pytest.raises(ThreadError, match="there is no threads file"):
         history("missing", context=context)
     assert not (tmp_path / "home" / "threads.sqlite").exists()
+
+
+@pytest.mark.parametrize("damage, message", [("delete", "not found in"), ("corrupt", "is corrupt")])
+def test_cli_damaged_artifact_one_line(tmp_path, damage, message):
+    home = tmp_path / "home"
+    first = ragedit("edit", CAT, "make it black and white", "-o", tmp_path / "1.png", "--profile", "offline",
+                    "--thread", "d", home=home)
+    written = np.asarray(Image.open(tmp_path / "1.png"))
+    current = next(path for path in (home / "artifacts").iterdir()
+                   if np.array_equal(np.asarray(Image.open(path).convert("L")), written))
+    if damage == "delete":
+        current.unlink()
+    else:
+        current.write_bytes(b"not a png")
+    second = ragedit("edit", CAT, "add a vignette", "-o", tmp_path / "2.png", "--profile", "offline",
+                     "--thread", "d", home=home)
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 2
+    assert message in second.stderr
+    assert "start a new thread" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in second.stderr

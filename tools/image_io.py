@@ -74,6 +74,14 @@ _WHITE = (255, 255, 255, 255)
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 
+class ArtifactNotFoundError(FileNotFoundError):
+    """Error raised when an artifact that a reference names is missing from the store's folder."""
+
+
+class ArtifactCorruptError(ValueError):
+    """Error raised when an artifact file's content no longer matches its sha256."""
+
+
 class ImageInputError(ValueError):
     """One-line, user-facing error about an input image (the CLI prints str(err) and exits 2)."""
 
@@ -197,8 +205,9 @@ class ArtifactStore:
         """Load an artifact by reference or by sha256 as a fully loaded RGB image.
 
         Raises:
-            FileNotFoundError: no artifact with that sha256 exists under this store's root.
-            ValueError: the sha256 is malformed, or the file's content no longer matches its sha256.
+            ArtifactNotFoundError: no artifact with that sha256 exists under this store's root.
+            ArtifactCorruptError: the file's content no longer matches its sha256.
+            ValueError: the sha256 is malformed.
         """
         sha256 = ref if isinstance(ref, str) else ref["sha256"]
         path = self.path_for(sha256)
@@ -210,14 +219,16 @@ class ArtifactStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            raise FileNotFoundError(
-                f"artifact {sha256} not found in {self.root}: check that the artifact folder is the one that stored it"
+            raise ArtifactNotFoundError(
+                f"artifact {sha256} not found in {self.root}: restore the file, check that --home is the folder that "
+                f"stored it, or start a new thread for this photo"
             ) from None
 
         actual = hashlib.sha256(data).hexdigest()
         if actual != sha256:
-            raise ValueError(
-                f"artifact {path} is corrupt: its content hashes to {actual}; delete it and rerun the edit"
+            raise ArtifactCorruptError(
+                f"artifact {path} is corrupt: its content hashes to {actual}; restore the file, or start a new thread "
+                f"for this photo"
             )
 
         with Image.open(io.BytesIO(data)) as image:
