@@ -18,6 +18,10 @@ import typer
 
 from agent import cli_common
 from agent.cli_common import (
+    AttentionSlicingOption,
+    CompileUnetOption,
+    CpuOffloadOption,
+    DtypeOption,
     EXIT_INCOMPLETE,
     EXIT_INTERNAL,
     EXIT_OK,
@@ -150,23 +154,10 @@ def edit(
     device: str = typer.Option(
         "", "--device", help="Torch device: cpu, cuda, cuda:N or mps.", show_default="the fastest available"
     ),
-    dtype: str = typer.Option(
-        "", "--dtype", help="Torch dtype of InstructPix2Pix: float16, bfloat16 or float32.",
-        show_default="float16 on cuda and mps, float32 on cpu",
-    ),
-    attention_slicing: bool = typer.Option(
-        False, "--attention-slicing", help="Compute InstructPix2Pix attention in slices to lower GPU memory. It is "
-        "slower than the default scaled-dot-product attention, so use it only when an edit runs out of memory.",
-    ),
-    cpu_offload: bool = typer.Option(
-        False, "--cpu-offload", help="Keep the InstructPix2Pix models in CPU memory and move each to the GPU only "
-        "while it runs, for GPUs too small for the whole model. It needs cuda or mps, and each edit is slower.",
-    ),
-    compile_unet: bool = typer.Option(
-        False, "--compile-unet", help="Compile the InstructPix2Pix UNet with torch.compile. The first edit at each "
-        "working size waits for the compilation (seconds to minutes), and later edits at that size in the same "
-        "process run faster.",
-    ),
+    dtype: str = DtypeOption,
+    attention_slicing: bool = AttentionSlicingOption,
+    cpu_offload: bool = CpuOffloadOption,
+    compile_unet: bool = CompileUnetOption,
     report: Optional[Path] = typer.Option(None, "--report", help="Write a JSON report of the plan and every attempt."),
     sheet: Optional[Path] = typer.Option(
         None, "--sheet", "--contact-sheet",

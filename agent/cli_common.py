@@ -148,6 +148,23 @@ CheckpointsOption = typer.Option(
 )
 
 
+DtypeOption = typer.Option(
+    "", "--dtype", help="Torch dtype of InstructPix2Pix: float16, bfloat16 or float32.",
+    show_default="float16 on cuda and mps, float32 on cpu",
+)
+AttentionSlicingOption = typer.Option(
+    False, "--attention-slicing", help="Compute InstructPix2Pix attention in slices to lower GPU memory. It is "
+    "slower than the default scaled-dot-product attention, so use it only when an edit runs out of memory.",
+)
+CpuOffloadOption = typer.Option(
+    False, "--cpu-offload", help="Keep the InstructPix2Pix models in CPU memory and move each to the GPU only "
+    "while it runs, for GPUs too small for the whole model. It needs cuda or mps, and each edit is slower.",
+)
+CompileUnetOption = typer.Option(
+    False, "--compile-unet", help="Compile the InstructPix2Pix UNet with torch.compile. The first edit at each "
+    "working size waits for the compilation (seconds to minutes), and later edits at that size in the same "
+    "process run faster.",
+)
 LLMOption = typer.Option(
     None, "--llm", help="Decompose with a chat model, PROVIDER:MODEL (openai:gpt-4o-mini, ollama:llama3, ...) or "
     "llamacpp:/path/model.gguf; falls back to the rules on any model failure.", show_default="the rules decomposer",

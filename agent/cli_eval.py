@@ -10,6 +10,10 @@ from typing import Any, Optional
 import typer
 
 from agent.cli_common import (
+    AttentionSlicingOption,
+    CompileUnetOption,
+    CpuOffloadOption,
+    DtypeOption,
     HomeOption,
     ProfileName,
     ProfileOption,
@@ -67,22 +71,10 @@ def evaluate_command(
     max_side: int = typer.Option(512, "--max-side", help="Maximum side length in pixels that InstructPix2Pix works at."),
     device: str = typer.Option("", "--device", help="Torch device: cpu, cuda, cuda:N or mps.",
                                show_default="the fastest available"),
-    dtype: str = typer.Option(
-        "", "--dtype", help="Torch dtype of InstructPix2Pix: float16, bfloat16 or float32.",
-        show_default="float16 on cuda and mps, float32 on cpu",
-    ),
-    attention_slicing: bool = typer.Option(
-        False, "--attention-slicing", help="Compute InstructPix2Pix attention in slices to lower GPU memory. It is "
-        "slower than the default scaled-dot-product attention, so use it only when an edit runs out of memory.",
-    ),
-    cpu_offload: bool = typer.Option(
-        False, "--cpu-offload", help="Keep the InstructPix2Pix models in CPU memory and move each to the GPU only "
-        "while it runs, for GPUs too small for the whole model. It needs cuda or mps, and each edit is slower.",
-    ),
-    compile_unet: bool = typer.Option(
-        False, "--compile-unet", help="Compile the InstructPix2Pix UNet with torch.compile. The first edit at each "
-        "working size waits for the compilation (seconds to minutes), and later edits at that size run faster.",
-    ),
+    dtype: str = DtypeOption,
+    attention_slicing: bool = AttentionSlicingOption,
+    cpu_offload: bool = CpuOffloadOption,
+    compile_unet: bool = CompileUnetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results in an existing --out folder."),
     home: Optional[Path] = HomeOption,
     verbose: bool = typer.Option(

@@ -16,8 +16,8 @@ from typing import Any
 
 from benchmarks.instrument import NODES, NodeTimer, counting
 
-# One cold run, then warm runs; the harness reports the warm run with the median time, which one busy moment cannot
-# move the way it moves a single run.
+# One cold run, then warm runs. The harness reports the warm run with the median time, because one busy moment can
+# move a single run but not the median.
 RUNS = 6
 
 
